@@ -1,0 +1,9 @@
+"""Pruning methods, registered by name (`list_methods()`, `create(name, **options)`)."""
+
+from prunekit.methods.base import METHODS, Method, create, list_methods, register
+
+# Importing a method module registers its methods.
+from prunekit.methods import structured_baselines  # noqa: E402,F401  l1_filter, l2_filter, random
+from prunekit.methods import magnitude  # noqa: E402,F401
+
+__all__ = ["METHODS", "Method", "create", "list_methods", "register"]

@@ -1,0 +1,126 @@
+"""The method contract: a small object with optional hooks that the trainer and `prune` call.
+
+The flow for one method (DESIGN.md):
+
+    model = method.at_init(model, example_inputs=x, data=batches)   # SNIP masks, structured SNIP removal
+    train(model, hooks=[method])                                     # regularizer / after_backward / after_step / after_epoch
+    model = method.finalize(model, example_inputs=x, data=batches)  # hard prune: remove channels, truncate ranks, masks
+    train(model, hooks=[method.finetune_hooks()])                    # fine-tune (masks keep holding)
+
+`prunekit.prune()` runs the one-shot form: `at_init` then `finalize`, no training in between.
+A method never calls the trainer, and never does channel surgery itself: it asks
+`prunekit.structure` (Torch-Pruning's DependencyGraph) to remove channels and `prunekit.masks`
+to zero weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from prunekit.errors import UserError
+from prunekit.registry import Registry
+from prunekit.targets import Target
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Method:
+    """Base class of every pruning method; hooks default to doing nothing.
+
+    Subclasses set `name`, `kind` ("structured", "unstructured" or "lowrank"), `units` (the target
+    units they accept) and `needs_data` (True when scoring needs (inputs, targets) batches).
+    Options arrive as keyword arguments; unknown options are a `UserError`.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "structured"
+    units: ClassVar[tuple[str, ...]] = ("channels", "params", "macs")
+    needs_data: ClassVar[bool] = False
+    #: a one-line description and the paper, for `prunekit list methods` and the README
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        target: Target | str | None = None,
+        ignore: Sequence[str | nn.Module] = (),
+        round_to: int | str | None = None,
+        **options: Any,
+    ) -> None:
+        self.target = Target.parse(target) if target is not None else None
+        if self.target is not None and self.target.unit not in self.units:
+            raise UserError(
+                f"method {self.name!r} takes a target in {', '.join(self.units)}, not {self.target.unit!r}"
+            )
+        self.ignore = tuple(ignore)
+        self.round_to = round_to
+        self.options = self.configure(**options)
+        #: extra facts for metrics.json / reports (per-layer ranks, rates, stage results...)
+        self.info: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------
+    def configure(self, **options: Any) -> dict[str, Any]:
+        """Validate method-specific options and return them; the base accepts none."""
+        if options:
+            raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(options))}")
+        return {}
+
+    # hooks -------------------------------------------------------------------------------------
+    def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        """Prepare `model` before training (e.g. SNIP masks); return the model to train (may be new)."""
+        return model
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        """Return an extra loss term added to the task loss each step, or None."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Adjust gradients after `loss.backward()` and before `optimizer.step()` (slimming subgradient)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Run after each `optimizer.step()` (e.g. re-apply masks, schedule updates)."""
+
+    def after_epoch(self, model: nn.Module, *, epoch: int) -> None:
+        """Run after each training epoch (0-based `epoch`), e.g. SFP's soft zeroing."""
+
+    def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        """Hard-prune `model` (remove channels, truncate ranks, fix masks) and return it."""
+        return model
+
+    def finetune_hooks(self) -> Any | None:
+        """Return the hooks object to use while fine-tuning after `finalize` (None for none)."""
+        return None
+
+    # resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Return the method's own state (schedule position...) for checkpoints; tensors and plain data only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target={self.target}, options={self.options})"
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a `Method` subclass under its `name` (duplicates raise)."""
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def create(name: str, **kwargs: Any) -> Method:
+    """Return a new instance of the method registered as `name`, configured with `kwargs`."""
+    return METHODS.get(name)(**kwargs)
+
+
+def list_methods() -> list[str]:
+    """Return the names of all registered methods, sorted."""
+    return METHODS.names()
