@@ -1,5 +1,17 @@
-"""prunekit: prune convolutional networks for real, and measure what each method buys."""
+"""prunekit: prune convolutional networks for real, and measure what each method buys.
+
+    import prunekit
+    model = prunekit.models.create("resnet18", num_classes=10, small_input=True)
+    x = torch.randn(1, 3, 32, 32)
+    result = prunekit.prune(model, method="l1_filter", target="macs=0.5", example_inputs=x)
+    print(result.before.macs, result.after.macs, result.achieved)
+    prunekit.save(result.model, "pruned.pt")
+"""
 
 from prunekit._version import __version__
+from prunekit.api import PruneResult, prune
+from prunekit.errors import UserError
+from prunekit.metrics import Measurement, measure, netscore
+from prunekit.targets import Target
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]

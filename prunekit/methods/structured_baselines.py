@@ -1,0 +1,74 @@
+"""Structured baselines: remove whole filters by L1 or L2 norm (Li et al. 2017), or at random."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import structure
+from prunekit.errors import UserError
+from prunekit.methods.base import Batches, Method, register
+
+
+class StructuredMethod(Method):
+    """A one-shot structured method: score channels, remove the lowest to reach the target.
+
+    Options: `allocation` ("uniform": the same fraction from every group; "global": one ranking
+    of normalised scores across groups). Subclasses provide `importance()`.
+    """
+
+    kind = "structured"
+
+    def configure(self, *, allocation: str = "uniform", **options: Any) -> dict[str, Any]:
+        if allocation not in ("uniform", "global"):
+            raise UserError(f"method {self.name!r}: allocation {allocation!r} is not one of uniform, global")
+        return {"allocation": allocation, **super().configure(**options)}
+
+    def importance(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None) -> structure.Importance:
+        """Return the channel scorer (one score per channel of a group; higher is kept)."""
+        raise NotImplementedError
+
+    def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        if self.target is None:
+            raise UserError(f"method {self.name!r} needs a target, e.g. macs=0.5")
+        return structure.prune_to_target(
+            model,
+            example_inputs,
+            importance=self.importance(model, example_inputs=example_inputs, data=data),
+            target=self.target,
+            ignore=self.ignore,
+            round_to=self.round_to,
+            allocation=self.options["allocation"],
+        )
+
+
+@register
+class L1Filter(StructuredMethod):
+    name = "l1_filter"
+    description = "remove filters with the smallest L1 norm, summed over coupled layers (Li et al. 2017)"
+
+    def importance(self, model, *, example_inputs, data):
+        return structure.MagnitudeImportance(p=1)
+
+
+@register
+class L2Filter(StructuredMethod):
+    name = "l2_filter"
+    description = "remove filters with the smallest L2 norm, summed over coupled layers (Li et al. 2017)"
+
+    def importance(self, model, *, example_inputs, data):
+        return structure.MagnitudeImportance(p=2)
+
+
+@register
+class RandomFilter(StructuredMethod):
+    name = "random"
+    description = "remove randomly chosen channels (seeded): the structured baseline every method must beat"
+
+    def configure(self, *, seed: int = 0, **options: Any) -> dict[str, Any]:
+        return {"seed": int(seed), **super().configure(**options)}
+
+    def importance(self, model, *, example_inputs, data):
+        return structure.RandomImportance(seed=self.options["seed"])

@@ -1,0 +1,58 @@
+"""Measured latency: warm-up, repeats, median, with `torch.utils.benchmark`.
+
+On CUDA: cudnn.benchmark, bf16 autocast and channels_last, as deployment would run it. The
+number is measured on this machine and device; label it so wherever it is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+
+def latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    compile: bool = False,
+    num_threads: int | None = None,
+) -> float:
+    """Return the median forward latency in milliseconds for one batch of `batch_size`.
+
+    `example_inputs` gives the per-sample shape (its batch dimension is replaced). The model is
+    copied, put in eval mode and moved to `device`; the caller's model is not touched.
+    """
+    dev = torch.device(device)
+    net = copy.deepcopy(model).eval().to(dev)
+    x = torch.randn(batch_size, *example_inputs.shape[1:], device=dev)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast:
+            net(x)
+
+    for _ in range(warmup):
+        forward()
+    timer = benchmark.Timer(
+        stmt="forward()",
+        globals={"forward": forward},
+        num_threads=num_threads or torch.get_num_threads(),
+    )
+    times = [timer.timeit(number=1).median for _ in range(repeats)]
+    return statistics.median(times) * 1e3

@@ -1,0 +1,49 @@
+"""`prunekit analyze MODEL_OR_FILE`: params, MACs, prunable groups, CPU latency at batch 1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunekit.cli.common import add_model_arguments, human, load_model, print_json, print_table
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="params, MACs, prunable channel groups and CPU latency of a model")
+    add_model_arguments(p)
+    p.add_argument("--repeats", type=int, default=10, help="timed forward passes for the latency median (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    from prunekit import bench, structure
+    from prunekit.metrics import measure
+
+    model, x = load_model(args)
+    m = measure(model, x)
+    groups = structure.channel_groups(model, x)
+    lat = bench.latency(model, x, device="cpu", batch_size=1, repeats=max(1, args.repeats))
+    result = {
+        **m.to_dict(),
+        "prunable_groups": len(groups),
+        "prunable_channels": sum(g.size for g in groups),
+        "input_size": list(x.shape[1:]),
+        "latency_ms": lat,
+        "latency_device": "cpu",
+        "latency_batch_size": 1,
+    }
+    if args.json:
+        print_json(result)
+        return 0
+    rows = [
+        ["parameters", human(m.params)],
+        ["non-zero parameters", human(m.nonzero_params)],
+        ["MACs per image", human(m.macs)],
+        ["non-zero MACs per image", human(m.nonzero_macs)],
+        ["size (dense, bytes)", human(m.size_bytes)],
+        ["prunable channel groups", str(len(groups))],
+        ["prunable channels", str(result["prunable_channels"])],
+        ["CPU latency, batch 1 (measured, median)", f"{lat:.2f} ms"],
+    ]
+    print_table(f"{args.model} at {'x'.join(map(str, x.shape[1:]))}", ["", "value"], rows)
+    return 0

@@ -1,0 +1,82 @@
+"""Pieces shared by the commands: input sizes, model-or-file loading, tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import UserError
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """Return (C, H, W) from "3x224x224"; a malformed size is a `UserError`."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise UserError(f"--input-size {text!r} must look like 3x224x224 (positive integers)")
+    return dims
+
+
+def add_model_arguments(parser: Any) -> None:
+    """Add MODEL_OR_FILE, --input-size, --num-classes and --small-input to `parser`."""
+    parser.add_argument("model", metavar="MODEL_OR_FILE", help="a model name (prunekit list models) or a prunekit.save file")
+    parser.add_argument("--input-size", default=None, help="C x H x W of one input, e.g. 3x224x224 (default: 3x32x32 with --small-input, else 3x224x224)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs for a model built by name (default 1000)")
+    parser.add_argument("--small-input", action="store_true", help="adapt the stem to 32x32 images (3x3 stride-1 first conv, no max-pool)")
+
+
+def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
+    """Return (model, example_inputs of batch 1) for the MODEL_OR_FILE arguments."""
+    from prunekit import io, models
+
+    target = args.model
+    if os.path.sep in target or target.endswith((".pt", ".pth", ".th")) or os.path.exists(target):
+        if not os.path.isfile(target):
+            raise UserError(f"{target}: no such file")
+        model = io.load(target)
+    else:
+        if args.num_classes < 1:
+            raise UserError(f"--num-classes {args.num_classes} must be >= 1")
+        model = models.create(target, num_classes=args.num_classes, small_input=args.small_input)
+    if args.input_size:
+        size = parse_input_size(args.input_size)
+    else:
+        builder = getattr(model, "prunekit_builder", {}) or {}
+        small = args.small_input or bool(builder.get("kwargs", {}).get("small_input")) or bool(builder.get("kwargs", {}).get("cifar"))
+        size = (3, 32, 32) if small or target.startswith(("resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar", "vgg19_cifar")) else (3, 224, 224)
+    model.eval()
+    return model, torch.zeros(1, *size)
+
+
+def human(n: float) -> str:
+    """Return `n` with a k/M/G suffix (decimal), e.g. 11.2M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """Print a table with rich (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(100, Console().width)).print(table)
+
+
+def print_json(obj: Any) -> None:
+    """Print `obj` as one JSON object on stdout."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,88 @@
+"""`prunekit prune MODEL_OR_FILE --method M --target UNIT=FRACTION --out FILE`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+from prunekit.cli.common import add_model_arguments, human, load_model, print_json, print_table
+from prunekit.errors import UserError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("prune", help="prune a model for real and save it")
+    add_model_arguments(p)
+    p.add_argument("--method", required=True, help="a method name (prunekit list methods)")
+    p.add_argument("--target", required=True, help="UNIT=FRACTION removed: channels, params, macs, sparsity, latency")
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="module-name glob to leave untouched (repeatable)")
+    p.add_argument("--round-to", default=None, help="keep channel counts multiples of N")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, value parsed as YAML (repeatable)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forward passes for each latency median (default 10)")
+    p.add_argument("--out", required=True, help="where to write the pruned model (prunekit.save format)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """Return {key: value} from KEY=VALUE strings, values parsed as YAML scalars."""
+    options = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r} is not KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(raw)
+    return options
+
+
+def parse_round_to(text: str | None) -> int | str | None:
+    """Return the --round-to value: None, "auto" or a positive integer."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"--round-to {text!r} must be a positive integer or auto")
+    return value
+
+
+def run(args: Any) -> int:
+    import prunekit
+    from prunekit import bench, io
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--out {args.out}: directory {out_dir} does not exist")
+    model, x = load_model(args)
+    lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats))
+    result = prunekit.prune(
+        model,
+        method=args.method,
+        target=args.target,
+        example_inputs=x,
+        ignore=args.ignore,
+        round_to=parse_round_to(args.round_to),
+        **parse_options(args.option),
+    )
+    lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats))
+    io.save(result.model, args.out)
+    before = {**result.before.to_dict(), "latency_ms": lat_before}
+    after = {**result.after.to_dict(), "latency_ms": lat_after}
+    if args.json:
+        print_json({"before": before, "after": after, "achieved": result.achieved, "target": str(result.target), "out": args.out})
+        return 0
+    rows = []
+    for key, label in [("params", "parameters"), ("nonzero_params", "non-zero parameters"), ("macs", "MACs per image"), ("nonzero_macs", "non-zero MACs per image"), ("latency_ms", "CPU latency, batch 1 (ms, measured)")]:
+        b, a = before[key], after[key]
+        fmt = (lambda v: f"{v:.2f}") if key == "latency_ms" else human
+        rows.append([label, fmt(b), fmt(a), f"{a / b:.3f}x" if b else "-"])
+    print_table(f"{args.model}: {args.method} to {result.target}", ["", "before", "after", "after/before"], rows)
+    achieved = ", ".join(f"{k}={v:.3f}" for k, v in result.achieved.items())
+    print(f"achieved (fraction removed): {achieved}")
+    if result.after.sparsity > 0:
+        print("note: zeroed weights reduce non-zero params and MACs, not dense latency")
+    print(f"saved {args.out}")
+    return 0
