@@ -1,0 +1,350 @@
+"""Reports of runs: report.md and PNG plots of one run directory, and a comparison table over runs.
+
+Everything here reads what a run wrote (metrics.json, log.jsonl) and nothing else, so a report
+can be re-rendered at any time (`prunekit report DIR`). Conventions printed with the numbers:
+MACs are multiply-accumulates per image (theoretical); latency is measured (median, on the
+device and batch size named); NetScore (Wong 2019) = 20 log10(a^2 / (sqrt(p) sqrt(m))) with a =
+top-1 in %, p = params in millions, m = MACs in billions.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import UserError
+
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+REPORT_FILE = "report.md"
+
+NETSCORE_CONVENTION = "NetScore = 20 log10(a^2 / (sqrt(p) sqrt(m))), a = top-1 %, p = params (M), m = MACs (G) (Wong 2019)"
+SPARSITY_NOTE = "zeroed weights reduce non-zero params and non-zero MACs, not dense latency"
+
+
+# reading runs --------------------------------------------------------------------------------
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """Return the parsed metrics.json of `run_dir` (any status); `UserError` when it is absent or unreadable."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a prunekit run directory (no {METRICS_FILE})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+
+
+def unfinished_reason(metrics: dict[str, Any]) -> str | None:
+    """Return why a run is not complete (one phrase), or None when its status is "complete"."""
+    status = metrics.get("status")
+    if status == "complete":
+        return None
+    if status == "failed":
+        return f"failed at stage {metrics.get('stage') or '?'}: {metrics.get('error') or 'unknown error'}"
+    if status == "running":
+        return f"unfinished: stopped or still running at stage {metrics.get('stage') or '?'}"
+    return f"unknown status {status!r}"
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Return the JSON lines of log.jsonl (an absent file gives []; a torn last line is skipped)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill; everything before it is good
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+# formatting ----------------------------------------------------------------------------------
+def human(n: float | None) -> str:
+    """Return `n` with a k/M/G suffix (decimal), e.g. 11.2M; "-" for None."""
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _ratio(before: Any, after: Any) -> str:
+    if not before or after is None:
+        return "-"
+    return f"{after / before:.3f}x"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+# one run's report -----------------------------------------------------------------------------
+_ROWS = [
+    ("top1", "top-1 (%)", ".2f"),
+    ("top5", "top-5 (%)", ".2f"),
+    ("loss", "test loss", ".4f"),
+    ("params", "parameters", "h"),
+    ("nonzero_params", "non-zero parameters", "h"),
+    ("macs", "MACs per image (theoretical)", "h"),
+    ("nonzero_macs", "non-zero MACs per image", "h"),
+    ("size_bytes", "size (dense, bytes)", "h"),
+    ("latency_ms", "latency (ms, measured median)", ".3f"),
+    ("netscore", "NetScore (dense p, m)", ".2f"),
+    ("netscore_nonzero", "NetScore (non-zero p, m)", ".2f"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return human(value) if fmt == "h" else _num(value, fmt)
+
+
+def _has_sparsity(metrics: dict[str, Any]) -> bool:
+    final = metrics.get("final") or {}
+    return (final.get("sparsity") or 0.0) > 0.001
+
+
+def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
+    """Return report.md's text for `metrics` (a metrics.json dict), linking the given plot files."""
+    base, final = metrics.get("baseline") or {}, metrics.get("final") or {}
+    lines = [f"# prunekit run `{metrics.get('recipe', '?')}`", ""]
+    reason = unfinished_reason(metrics)
+    if reason:
+        lines += [f"> **This run is not complete** ({reason}). Numbers below are partial.", ""]
+    lines += [
+        f"- method: `{metrics.get('method')}` ({metrics.get('method_kind', '?')}), target asked: "
+        f"`{metrics.get('target') or 'none'}` (fraction removed)",
+        f"- model: `{metrics.get('model')}` on `{metrics.get('dataset')}`; device `{metrics.get('device')}`; seed {metrics.get('seed')}",
+        f"- status: {metrics.get('status')}; resolved recipe: `recipe.yaml`; log: `log.jsonl`; model: `model.pt`",
+        "",
+        "## Baseline vs final",
+        "",
+    ]
+    lat_dev = final.get("latency_device") or base.get("latency_device")
+    lat_bs = final.get("latency_batch_size") or base.get("latency_batch_size")
+    lines += ["| | baseline | final | final / baseline |", "| --- | ---: | ---: | ---: |"]
+    for key, label, fmt in _ROWS:
+        if key not in base and key not in final:
+            continue
+        if key == "latency_ms":
+            label = f"latency (ms, {lat_dev}, batch {lat_bs}, measured median)"
+        ratio = "-" if key in ("top1", "top5", "loss", "netscore", "netscore_nonzero") else _ratio(base.get(key), final.get(key))
+        if key in ("top1", "top5") and base.get(key) is not None and final.get(key) is not None:
+            ratio = f"{final[key] - base[key]:+.2f} pts"
+        lines.append(f"| {label} | {_cell(base.get(key), fmt)} | {_cell(final.get(key), fmt)} | {ratio} |")
+    lines.append("")
+    if _has_sparsity(metrics):
+        lines += [f"Sparsity of conv/linear weights: {_pct(final.get('sparsity'))}. Note: {SPARSITY_NOTE}.", ""]
+    lines += [f"{NETSCORE_CONVENTION}. MACs count conv/linear/matmul multiply-accumulates per image.", ""]
+
+    achieved = metrics.get("achieved") or {}
+    if achieved:
+        target = metrics.get("target") or ""
+        unit = target.partition("=")[0]
+        lines += ["## Target asked vs achieved (fraction removed)", "", "| unit | asked | achieved |", "| --- | ---: | ---: |"]
+        for key, value in achieved.items():
+            asked = target.partition("=")[2] if key == unit else ""
+            shown = f"{value:+.2f} pts" if key == "accuracy_drop" else _num(value, ".4f")
+            note = " (measured)" if key == "latency" else ""
+            lines.append(f"| {key}{note} | {asked} | {shown} |")
+        lines.append("")
+        if achieved.get("sparsity", 0) > 0.001:
+            lines += [f"Note: {SPARSITY_NOTE}.", ""]
+
+    stages = metrics.get("stages") or []
+    if stages:
+        lines += [
+            "## Stages",
+            "",
+            "| stage | method | top-1 (%) | params | non-zero params | MACs | non-zero MACs | NetScore | NetScore (non-zero) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for i, st in enumerate(stages):
+            lines.append(
+                f"| {i + 1} | {st.get('method')} | {_num(st.get('top1'), '.2f')} | {human(st.get('params'))} | "
+                f"{human(st.get('nonzero_params'))} | {human(st.get('macs'))} | {human(st.get('nonzero_macs'))} | "
+                f"{_num(st.get('netscore'), '.2f')} | {_num(st.get('netscore_nonzero'), '.2f')} |"
+            )
+        lines.append("")
+
+    wall = metrics.get("wall_time_s") or {}
+    if wall:
+        lines += ["## Wall time (s)", "", "| stage | seconds |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in wall.items()]
+        lines.append("")
+
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots]
+        lines.append("")
+
+    info = metrics.get("method_info") or {}
+    if info:
+        text = json.dumps(info, indent=1, sort_keys=True)
+        if len(text) > 4000:
+            text = text[:4000] + "\n... (truncated; see metrics.json)"
+        lines += ["## Method details", "", "```json", text, "```", ""]
+    return "\n".join(lines)
+
+
+# plots ---------------------------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_training(log: list[dict[str, Any]]) -> bytes | None:
+    """Return a PNG of loss and accuracy per epoch over every trained stage of `log`, or None if none trained."""
+    epochs = [row for row in log if row.get("event", "epoch") == "epoch" and "epoch" in row and "stage" in row]
+    if not epochs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    offset = 0
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for row in epochs:
+        stages.setdefault(str(row["stage"]), []).append(row)
+    for stage, rows in stages.items():
+        xs = [offset + int(r["epoch"]) + 1 for r in rows]
+        for key, ax, style in (
+            ("train_loss", ax_loss, "-"),
+            ("val_loss", ax_loss, "--"),
+            ("test_loss", ax_loss, ":"),
+            ("train_top1", ax_acc, "-"),
+            ("val_top1", ax_acc, "--"),
+            ("test_top1", ax_acc, ":"),
+        ):
+            pts = [(x, r[key]) for x, r in zip(xs, rows) if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", markersize=3, label=f"{stage} {key.split('_')[0]}")
+        if xs:
+            offset = xs[-1]
+            ax_loss.axvline(offset + 0.5, color="0.85", linewidth=0.8)
+    ax_loss.set(xlabel="epoch (all stages)", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch (all stages)", ylabel="top-1 (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
+    """Return a PNG bar chart per conv/linear layer: `what` = "channels" (kept out channels) or "sparsity"."""
+    if not layers:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["name"] for row in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names) + 2), 4))
+    xs = range(len(names))
+    if what == "channels":
+        before = [row.get("out_channels_before") or 0 for row in layers]
+        after = [row.get("out_channels_after") or 0 for row in layers]
+        ax.bar(xs, before, color="0.8", label="baseline")
+        ax.bar(xs, after, color="tab:blue", label="kept")
+        ax.set(ylabel="output channels", title="kept channels per layer")
+    else:
+        ax.bar(xs, [100 * (row.get("sparsity_after") or 0.0) for row in layers], color="tab:red")
+        ax.set(ylabel="zero weights (%)", ylim=(0, 100), title=f"sparsity per layer ({SPARSITY_NOTE})")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    if what == "channels":
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
+    """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
+    from prunekit.io import atomic_write
+
+    run_dir = Path(run_dir)
+    written: list[str] = []
+    if plots:
+        layers = metrics.get("layers") or []
+        images = {
+            "training_curves.png": plot_training(read_log(run_dir)),
+            "channels_per_layer.png": plot_layers(layers, what="channels")
+            if any(r.get("out_channels_after") != r.get("out_channels_before") for r in layers)
+            else None,
+            "sparsity_per_layer.png": plot_layers(layers, what="sparsity") if _has_sparsity(metrics) else None,
+        }
+        for name, data in images.items():
+            if data is not None:
+                atomic_write(run_dir / name, data)
+                written.append(name)
+    path = run_dir / REPORT_FILE
+    atomic_write(path, render_markdown(metrics, plots=written).encode("utf-8"))
+    return path
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Re-render report.md and the plots of a complete run from its metrics.json and log.jsonl.
+
+    Returns report.md's path; an unfinished or failed run is a `UserError` saying so.
+    """
+    metrics = read_metrics(run_dir)
+    reason = unfinished_reason(metrics)
+    if reason:
+        raise UserError(f"{run_dir}: run is not complete ({reason}); resume it with prunekit run RECIPE --out {run_dir} --resume")
+    return write_report(run_dir, metrics, plots=bool((metrics.get("report") or {}).get("plots", True)))
+
+
+# several runs ----------------------------------------------------------------------------------
+def compare_table(run_dirs: list[str | Path]) -> str:
+    """Return a markdown table comparing runs: method, target, top-1 baseline/final, params, MACs, latency, NetScore.
+
+    Unfinished runs are listed with their status and no numbers, so they never pass for results.
+    """
+    header = [
+        "run", "status", "method", "target", "top-1 base (%)", "top-1 final (%)",
+        "params final", "params removed", "MACs final", "MACs removed", "sparsity",
+        "latency base (ms)", "latency final (ms)", "NetScore final",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * 4 + [" ---: "] * (len(header) - 4)) + "|"]
+    devices = set()
+    for run_dir in run_dirs:
+        m = read_metrics(run_dir)
+        name = str(run_dir)
+        if unfinished_reason(m):
+            cells = [name, f"**{m.get('status')}** (not a result)", str(m.get("method")), str(m.get("target"))] + ["-"] * (len(header) - 4)
+        else:
+            b, f, a = m.get("baseline") or {}, m.get("final") or {}, m.get("achieved") or {}
+            devices.add(f"{f.get('latency_device')} batch {f.get('latency_batch_size')}")
+            cells = [
+                name, "complete", str(m.get("method")), str(m.get("target") or "-"),
+                _num(b.get("top1"), ".2f"), _num(f.get("top1"), ".2f"),
+                human(f.get("params")), _pct(a.get("params")),
+                human(f.get("macs")), _pct(a.get("macs")), _pct(f.get("sparsity")),
+                _num(b.get("latency_ms"), ".3f"), _num(f.get("latency_ms"), ".3f"), _num(f.get("netscore"), ".2f"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"latency measured on {', '.join(sorted(devices))} (median)" if devices else "", NETSCORE_CONVENTION]
+    if any((read_metrics(d).get("final") or {}).get("sparsity", 0) > 0.001 for d in run_dirs):
+        notes.append(f"sparsity: {SPARSITY_NOTE}")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"
