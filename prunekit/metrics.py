@@ -31,13 +31,15 @@ class LayerCount:
     out_channels: int
     params: int
     nonzero_params: int
+    weights: int
+    nonzero_weights: int
     macs: int
     nonzero_macs: int
 
     @property
     def density(self) -> float:
-        """Fraction of this layer's parameters that are non-zero (1.0 = dense)."""
-        return self.nonzero_params / self.params if self.params else 1.0
+        """Fraction of this layer's weights (bias excluded) that are non-zero (1.0 = dense)."""
+        return self.nonzero_weights / self.weights if self.weights else 1.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ class Measurement:
     @property
     def sparsity(self) -> float:
         """Fraction of conv/linear weights that are zero (0.0 for a dense model)."""
-        total = sum(layer.params for layer in self.layers)
-        nz = sum(layer.nonzero_params for layer in self.layers)
+        total = sum(layer.weights for layer in self.layers)
+        nz = sum(layer.nonzero_weights for layer in self.layers)
         return 1.0 - nz / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,10 +134,10 @@ def measure(model: nn.Module, example_inputs: torch.Tensor) -> Measurement:
             # each output element takes (C_in / groups) * prod(kernel) MACs
             macs = math.prod(out) // batch * (w.shape[1] * math.prod(w.shape[2:]))
             out_ch = m.out_channels
-        density = int(torch.count_nonzero(w)) / w.numel() if w.numel() else 1.0
-        nz_macs = int(round(macs * density))
+        nz_weights = int(torch.count_nonzero(w))
+        nz_macs = int(round(macs * nz_weights / w.numel())) if w.numel() else macs
         saved_macs += macs - nz_macs
-        layers.append(LayerCount(name, type(m).__name__, out_ch, params, nonzero, macs, nz_macs))
+        layers.append(LayerCount(name, type(m).__name__, out_ch, params, nonzero, w.numel(), nz_weights, macs, nz_macs))
 
     params = nonzero_params = size = 0
     for module in model.modules():
