@@ -368,3 +368,9 @@ def kept_channels(model: nn.Module) -> dict[str, int]:
         elif isinstance(m, nn.Linear):
             out[name] = m.out_features
     return out
+
+
+# `prunekit.load` rebuilds a pruned model by replaying its recorded "prune" ops.
+from prunekit import io as _io  # noqa: E402
+
+_io.register_replay("prune", replay_prune)
