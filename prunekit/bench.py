@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import statistics
 
 import torch
 from torch import nn
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines;
+# that line is noise for a user timing a model.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 
 def latency(

@@ -323,19 +323,19 @@ def prune_to_target(
 
     base = getattr(measure(model, example_inputs), target.unit)
 
-    def removed_at(r: float) -> tuple[float, nn.Module]:
+    def removed_at(r: float, ratios: dict[str, float] | None) -> tuple[float, nn.Module]:
         trial = copy.deepcopy(model)
-        remove_channels(trial, example_inputs, importance=importance, ratio=r, **kwargs)
+        remove_channels(trial, example_inputs, importance=importance, ratio=r, ratios=ratios, **kwargs)
         return 1.0 - getattr(measure(trial, example_inputs), target.unit) / base, trial
 
     lo, hi = 0.0, 0.95
-    best: tuple[float, float, nn.Module] | None = None  # (error, ratio, model)
+    best: tuple[float, nn.Module] | None = None  # (error, pruned copy)
     for _ in range(max_iter):
         mid = (lo + hi) / 2
-        got, trial = removed_at(mid)
+        got, trial = removed_at(mid, None)
         err = abs(got - target.value)
         if best is None or err < best[0]:
-            best = (err, mid, trial)
+            best = (err, trial)
         if err <= tolerance / 4:
             break
         if got < target.value:
@@ -343,13 +343,31 @@ def prune_to_target(
         else:
             hi = mid
     assert best is not None
+    if best[0] > tolerance and allocation == "uniform":
+        # Channel granularity (round_to, small layers) makes every group jump at once. Between
+        # the uniform ratios just under (lo) and over (hi) the target, move groups one at a time
+        # from lo to hi: k groups at hi is monotone in k, so bisect on k.
+        roots = [g.root_name for g in channel_groups(model, example_inputs, ignore=ignore)]
+        k_lo, k_hi = 0, len(roots)
+        while k_hi - k_lo > 1:
+            k = (k_lo + k_hi) // 2
+            got, trial = removed_at(lo, {root: (hi if i < k else lo) for i, root in enumerate(roots)})
+            err = abs(got - target.value)
+            if err < best[0]:
+                best = (err, trial)
+            if err <= tolerance / 4:
+                break
+            if got < target.value:
+                k_lo = k
+            else:
+                k_hi = k
     if best[0] > tolerance:
         warnings.warn(
             f"target {target} reached only within {best[0] * 100:.1f} points (channel granularity"
             f"{', round_to=' + str(round_to) if round_to else ''}); see the achieved figures",
             stacklevel=2,
         )
-    pruned = best[2]
+    pruned = best[1]
     _adopt(model, pruned)
     return model
 

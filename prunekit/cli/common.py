@@ -28,8 +28,27 @@ def add_model_arguments(parser: Any) -> None:
     """Add MODEL_OR_FILE, --input-size, --num-classes and --small-input to `parser`."""
     parser.add_argument("model", metavar="MODEL_OR_FILE", help="a model name (prunekit list models) or a prunekit.save file")
     parser.add_argument("--input-size", default=None, help="C x H x W of one input, e.g. 3x224x224 (default: 3x32x32 with --small-input, else 3x224x224)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs for a model built by name (default 1000)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs for a model built by name (default 10 for CIFAR models, else 1000)")
     parser.add_argument("--small-input", action="store_true", help="adapt the stem to 32x32 images (3x3 stride-1 first conv, no max-pool)")
+
+
+def is_cifar_model(name: str) -> bool:
+    """Return True for prunekit's CIFAR architectures (32x32 inputs, 10 classes by default)."""
+    from prunekit.models import CIFAR_RESNET_DEPTHS, VGG_CIFAR_CFGS
+
+    cifar = {f"resnet{d}" for d in CIFAR_RESNET_DEPTHS} | {f"vgg{d}_cifar" for d in VGG_CIFAR_CFGS}
+    return name in cifar
+
+
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """Return the (C, H, W) a model was pruned at, else 32x32 for CIFAR/small-input models, else 224x224."""
+    for op in getattr(model, "prunekit_ops", []):
+        if "input_shape" in op:
+            return tuple(op["input_shape"])
+    builder = getattr(model, "prunekit_builder", None) or {}
+    if builder.get("kwargs", {}).get("small_input") or is_cifar_model(builder.get("name", "")):
+        return (3, 32, 32)
+    return (3, 224, 224)
 
 
 def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
@@ -42,15 +61,11 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
             raise UserError(f"{target}: no such file")
         model = io.load(target)
     else:
-        if args.num_classes < 1:
-            raise UserError(f"--num-classes {args.num_classes} must be >= 1")
-        model = models.create(target, num_classes=args.num_classes, small_input=args.small_input)
-    if args.input_size:
-        size = parse_input_size(args.input_size)
-    else:
-        builder = getattr(model, "prunekit_builder", {}) or {}
-        small = args.small_input or bool(builder.get("kwargs", {}).get("small_input")) or bool(builder.get("kwargs", {}).get("cifar"))
-        size = (3, 32, 32) if small or target.startswith(("resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar", "vgg19_cifar")) else (3, 224, 224)
+        num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else 1000)
+        if num_classes < 1:
+            raise UserError(f"--num-classes {num_classes} must be >= 1")
+        model = models.create(target, num_classes=num_classes, small_input=args.small_input)
+    size = parse_input_size(args.input_size) if args.input_size else default_input_size(model)
     model.eval()
     return model, torch.zeros(1, *size)
 
