@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,7 +60,9 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> str:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -147,6 +147,9 @@ def test_atomic_writes(tmp_path):
     assert io.atomic_write(target, "first") == str(target)
     io.atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not 0600
     io.atomic_torch_save({"a": torch.arange(3)}, tmp_path / "t.pt")
     with pytest.raises(Exception):
         io.atomic_torch_save({"f": lambda: None}, tmp_path / "t.pt")  # unpicklable: torch.save fails midway
