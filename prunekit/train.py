@@ -1,0 +1,496 @@
+"""The training loop: read it top to bottom.
+
+    result = train(model, data=bundle, config=TrainConfig(epochs=30, lr=0.1), hooks=[method],
+                   device="cuda", log_path="run/log.jsonl", checkpoint_path="run/train.ckpt")
+
+What it does, per step: forward (bf16 autocast on CUDA), cross-entropy (label smoothing) plus
+every hook's `regularizer(model)`, backward, hooks' `after_backward(model)`, optional gradient
+clipping, optimizer and schedule step (the schedule moves every iteration), hooks'
+`after_step(model)`. Per epoch: hooks' `after_epoch(model, epoch=e)`, evaluation on the
+validation split (else the test split), one JSON line in `log_path`, an atomic checkpoint with
+everything needed to continue bit-exactly (`resume=True`).
+
+Hooks are any objects; only the methods they have are called (a `prunekit.methods.Method`
+has them all). The trainer knows nothing about any pruning method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import UserError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "multistep", "constant")
+CHECKPOINT_FORMAT = "prunekit.train/1"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint (if any) is left untouched."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run's result (stored in every checkpoint).
+
+    `lr` is the peak learning rate; `warmup_epochs` ramps up to it linearly (fractions allowed);
+    `milestones` are fractions of the run where `multistep` multiplies the rate by `gamma`.
+    `max_steps_per_epoch` caps an epoch (smoke runs); `eval_every` evaluates every N epochs (and
+    always after the last; 0 only after the last), `eval_max_batches` caps those evaluations.
+    """
+
+    epochs: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    no_decay_bn_bias: bool = False
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    amp: bool = True
+    channels_last: bool | None = None
+    compile: bool = False
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    grad_clip: float | None = None
+    eval_every: int = 1
+    eval_max_batches: int | None = None
+
+    def validate(self) -> None:
+        """Raise `UserError` naming the first field with a value out of range."""
+        def bad(name: str, allowed: str) -> UserError:
+            return UserError(f"train config: {name}={getattr(self, name)!r} is not allowed ({allowed})")
+
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", " | ".join(OPTIMIZERS))
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", " | ".join(SCHEDULES))
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise bad("epochs", "an integer >= 0")
+        for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "momentum", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(name, "a finite number >= 0")
+        if self.lr == 0 and self.epochs > 0:
+            raise bad("lr", "> 0")
+        if self.label_smoothing >= 1:
+            raise bad("label_smoothing", "in [0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise bad("nesterov", "only with optimizer sgd and momentum > 0")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise bad("milestones", "fractions of the run, each in (0, 1)")
+        if self.max_steps_per_epoch is not None and (not isinstance(self.max_steps_per_epoch, int) or self.max_steps_per_epoch < 1):
+            raise bad("max_steps_per_epoch", "a positive integer or null")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise bad("grad_clip", "a positive number or null")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise bad("eval_every", "an integer >= 0")
+
+
+@dataclass
+class TrainResult:
+    """The trained model (same object as passed in), one dict per epoch, and the best epoch by validation top-1."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Return the optimizer over `model.parameters()` as they are now (masks and surgery included).
+
+    With `no_decay_bn_bias`, parameters with at most one dimension (BatchNorm weights and biases,
+    all biases, also a masked `bn.weight_orig`) get no weight decay.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.no_decay_bn_bias:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": params, "weight_decay": config.weight_decay}]
+    if not params:
+        raise UserError("the model has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def lr_factor(step: int, *, config: TrainConfig, total_steps: int, steps_per_epoch: int) -> float:
+    """Return the learning-rate multiplier (of `config.lr`) at iteration `step` for cosine, multistep and constant."""
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "cosine":
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if config.schedule == "multistep":
+        return config.gamma ** sum(step >= int(m * total_steps) for m in config.milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Return the per-iteration learning-rate schedule for `config.epochs` epochs of `steps_per_epoch` steps."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        pct = config.warmup_epochs / config.epochs if config.warmup_epochs and config.epochs else 0.3
+        cycle_momentum = config.optimizer == "adamw" or config.momentum > 0
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=min(max(pct, 1e-3), 0.999),
+            cycle_momentum=cycle_momentum, base_momentum=min(0.85, config.momentum) if config.optimizer == "sgd" else 0.85,
+            max_momentum=config.momentum if config.optimizer == "sgd" else 0.95,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config=config, total_steps=total, steps_per_epoch=steps_per_epoch)
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Return the state of every global generator, as tensors and plain data (safe to `torch.load`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to `path` atomically: a temp file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Return a checkpoint written by `train` (read with weights_only=True, tensors on the CPU)."""
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a prunekit training checkpoint (format {CHECKPOINT_FORMAT})")
+    return blob
+
+
+def _restore_model(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `model`, first re-creating torch.nn.utils.prune masks the model lacks."""
+    from torch.nn.utils import prune
+
+    own = model.state_dict()
+    modules = dict(model.named_modules())
+    for key, mask in state.items():
+        if key.endswith("_mask") and key not in own:
+            module_name, _, pname = key[: -len("_mask")].rpartition(".")
+            module = modules.get(module_name)
+            if module is not None and isinstance(getattr(module, pname, None), torch.Tensor):
+                prune.custom_from_mask(module, pname, mask.to(getattr(module, pname).device))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise UserError(f"checkpoint {path} does not fit this model ({detail}); rebuild the model it was trained with") from None
+
+
+def _config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    now = dataclasses.asdict(config)
+    diffs = []
+    for key, value in now.items():
+        old = saved.get(key)
+        if key == "compile":  # does not change the numbers
+            continue
+        if (list(old) if isinstance(old, (tuple, list)) else old) != (list(value) if isinstance(value, (tuple, list)) else value):
+            diffs.append(f"{key}: {old!r} -> {value!r}")
+    return diffs
+
+
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu", amp: bool = True,
+             max_batches: int | None = None) -> dict[str, float]:
+    """Return {"top1": %, "top5": %, "loss": mean cross-entropy per image, "images": count} of `model` on `loader`.
+
+    The model is put in eval mode for the pass and left in the mode it was in. top5 is top-min(5, classes).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    images = 0
+    try:
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            top1 += _topk_correct(logits, y, 1)
+            top5 += _topk_correct(logits, y, 5)
+            images += y.shape[0]
+    finally:
+        model.train(was_training)
+    if images == 0:
+        raise UserError("evaluation got no batches (empty split?)")
+    return {"top1": 100.0 * top1.item() / images, "top5": 100.0 * top5.item() / images, "loss": loss_sum.item() / images, "images": images}
+
+
+# -- progress display -------------------------------------------------------------------------
+
+
+class _Display:
+    """A rich progress bar per epoch showing loss, accuracy and images/s (or nothing)."""
+
+    def __init__(self, enabled: bool, stage: str) -> None:
+        self.stage = stage
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.progress.start()
+
+    def epoch(self, epoch: int, epochs: int, steps: int) -> Any:
+        if self.progress is None:
+            return None
+        return self.progress.add_task(f"{self.stage} {epoch + 1}/{epochs}", total=steps, info="")
+
+    def update(self, task: Any, steps: int, info: str) -> None:
+        if self.progress is not None:
+            self.progress.update(task, completed=steps, info=info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def _call(hooks: Sequence[Any], name: str, *args: Any, **kwargs: Any) -> list[Any]:
+    return [getattr(h, name)(*args, **kwargs) for h in hooks if callable(getattr(h, name, None))]
+
+
+def _diverged(stage: str, epoch: int, step: int, value: float, lr: float, checkpoint: Path | None, last_good: int | None) -> TrainingDiverged:
+    if checkpoint is not None and last_good is not None:
+        kept = f"the last good checkpoint {checkpoint} (after epoch {last_good + 1}) is kept"
+    else:
+        kept = "no checkpoint had been written yet"
+    return TrainingDiverged(
+        f"{stage}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); {kept}; "
+        "lower the learning rate or a regularizer's weight, or set grad_clip"
+    )
+
+
+def train(
+    model: nn.Module,
+    *,
+    data: Any,
+    config: TrainConfig,
+    hooks: Sequence[Any] = (),
+    device: str | torch.device = "cpu",
+    stage: str = "train",
+    log_path: str | os.PathLike | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `data` (a `prunekit.data.DataBundle`) and return a `TrainResult`.
+
+    The optimizer is built here, from the model's parameters as the caller left them. With
+    `checkpoint_path`, a checkpoint is written after every epoch; with `resume=True` and an
+    existing checkpoint, training continues after its epoch with the same results as an
+    uninterrupted run (it must have been written with the same config). A NaN or infinite loss
+    raises `TrainingDiverged`. `history` entries are the lines written to `log_path`.
+    """
+    config.validate()
+    device = torch.device(device)
+    hooks = [h for h in hooks if h is not None]
+    ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+
+    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path is not None and ckpt_path.exists() else None
+    if ckpt is not None:
+        diffs = _config_differences(ckpt["config"], config)
+        if diffs:
+            raise UserError(f"checkpoint {ckpt_path} was written with another training config ({'; '.join(diffs)}); "
+                            "resume with the same settings or start afresh")
+        _restore_model(model, ckpt["model"], ckpt_path)
+    else:
+        seed_everything(config.seed)
+
+    steps_per_epoch = len(data.train)
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch < 1 and config.epochs > 0:
+        raise UserError("the training split yields no batches")
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
+    history: list[dict] = []
+    best: dict | None = None
+    start = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if len(ckpt["hooks"]) != len(hooks):
+            raise UserError(f"checkpoint {ckpt_path} was written with {len(ckpt['hooks'])} hook(s), this run has {len(hooks)}")
+        for hook, state in zip(hooks, ckpt["hooks"]):
+            if state is not None and callable(getattr(hook, "load_state_dict", None)):
+                hook.load_state_dict(state)
+        if ckpt.get("data") is not None and callable(getattr(data.train, "load_state_dict", None)):
+            data.train.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"])
+        history, best, start = list(ckpt["history"]), ckpt["best"], int(ckpt["epoch"]) + 1
+    last_good = start - 1 if ckpt is not None else None
+
+    forward = torch.compile(model) if config.compile else model
+    display = _Display(progress, stage)
+    sync_every = 1 if device.type == "cpu" else 25  # a GPU->CPU sync per step would starve the GPU
+    try:
+        for epoch in range(start, config.epochs):
+            if callable(getattr(data.train, "set_epoch", None)):
+                data.train.set_epoch(epoch)
+            model.train()
+            task = display.epoch(epoch, config.epochs, steps_per_epoch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            finite = torch.ones((), dtype=torch.bool, device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            seen, t0 = 0, time.perf_counter()
+            for step, (x, y) in enumerate(itertools.islice(data.train, steps_per_epoch)):
+                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                y = y.to(device, non_blocking=True)
+                with _autocast(device, config.amp):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                total = loss
+                for extra in _call(hooks, "regularizer", model):
+                    if extra is not None:
+                        total = total + extra
+                finite &= torch.isfinite(total.detach())
+                if (step + 1) % sync_every == 0 and not finite:  # before the step: the weights stay good
+                    raise _diverged(stage, epoch, step, total.item(), scheduler.get_last_lr()[0], ckpt_path, last_good)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                _call(hooks, "after_backward", model)
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                _call(hooks, "after_step", model)
+                loss_sum += loss.detach().double() * y.shape[0]
+                correct += _topk_correct(logits.detach(), y, 1)
+                seen += y.shape[0]
+                if task is not None and ((step + 1) % 20 == 0 or step + 1 == steps_per_epoch):
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    info = f"loss {loss_sum.item() / seen:.4f}  acc {100 * correct.item() / seen:.2f}%  {rate:.0f} img/s"
+                    display.update(task, step + 1, info)
+            if not finite:
+                raise _diverged(stage, epoch, steps_per_epoch - 1, float("nan"), scheduler.get_last_lr()[0], ckpt_path, last_good)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            _call(hooks, "after_epoch", model, epoch=epoch)
+
+            record: dict[str, Any] = {
+                "stage": stage, "epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
+                "train_top1": 100.0 * correct.item() / max(seen, 1), "val_top1": None, "val_loss": None,
+                "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(train_time, 1e-9),
+            }
+            if epoch == config.epochs - 1 or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+                loader = data.val if data.val is not None else data.test
+                scores = evaluate(model, loader, device=device, amp=config.amp, max_batches=config.eval_max_batches)
+                record.update(val_top1=scores["top1"], val_loss=scores["loss"], val_top5=scores["top5"],
+                              eval_split="val" if data.val is not None else "test")
+            record["epoch_time_s"] = time.perf_counter() - t0
+            history.append(record)
+            if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
+                best = dict(record)
+
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "format": CHECKPOINT_FORMAT, "stage": stage, "epoch": epoch, "config": dataclasses.asdict(config),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "hooks": [h.state_dict() if callable(getattr(h, "state_dict", None)) else None for h in hooks],
+                    "data": data.train.state_dict() if callable(getattr(data.train, "state_dict", None)) else None,
+                    "rng": rng_state(), "history": history, "best": best,
+                })
+                last_good = epoch
+            if log_path is not None:
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+    finally:
+        display.close()
+    return TrainResult(model=model, history=history, best=best)
