@@ -342,6 +342,8 @@ def prune_to_target(
             lo = mid
         else:
             hi = mid
+        if hi - lo < 0.004:  # finer ratios no longer change whole channels
+            break
     assert best is not None
     if best[0] > tolerance and allocation == "uniform":
         # Channel granularity (round_to, small layers) makes every group jump at once. Between

@@ -51,21 +51,20 @@ def parse_round_to(text: str | None) -> int | str | None:
 
 def run(args: Any) -> int:
     import prunekit
-    from prunekit import bench, io
+    from prunekit import bench, io, methods, structure
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: directory {out_dir} does not exist")
+    # Validate everything the user typed before the slow part (loading, timing, pruning).
+    options = parse_options(args.option)
+    round_to = parse_round_to(args.round_to)
+    methods.create(args.method, target=args.target, ignore=args.ignore, round_to=round_to, **options)
     model, x = load_model(args)
+    structure.resolve_ignore(model, args.ignore)
     lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats))
     result = prunekit.prune(
-        model,
-        method=args.method,
-        target=args.target,
-        example_inputs=x,
-        ignore=args.ignore,
-        round_to=parse_round_to(args.round_to),
-        **parse_options(args.option),
+        model, method=args.method, target=args.target, example_inputs=x, ignore=args.ignore, round_to=round_to, **options
     )
     lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats))
     io.save(result.model, args.out)
