@@ -404,11 +404,12 @@ def train(
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        if len(ckpt["hooks"]) != len(hooks):
-            raise UserError(f"checkpoint {ckpt_path} was written with {len(ckpt['hooks'])} hook(s), this run has {len(hooks)}")
-        for hook, state in zip(hooks, ckpt["hooks"]):
-            if state is not None and callable(getattr(hook, "load_state_dict", None)):
-                hook.load_state_dict(state)
+        stateful = [h for h in hooks if callable(getattr(h, "load_state_dict", None))]
+        if len(ckpt["hooks"]) != len(stateful):
+            raise UserError(f"checkpoint {ckpt_path} holds the state of {len(ckpt['hooks'])} hook(s), "
+                            f"this run has {len(stateful)} with state; resume with the same method")
+        for hook, state in zip(stateful, ckpt["hooks"]):
+            hook.load_state_dict(state)
         if ckpt.get("data") is not None and callable(getattr(data.train, "load_state_dict", None)):
             data.train.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"])
@@ -482,7 +483,7 @@ def train(
                 save_checkpoint(ckpt_path, {
                     "format": CHECKPOINT_FORMAT, "stage": stage, "epoch": epoch, "config": dataclasses.asdict(config),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "hooks": [h.state_dict() if callable(getattr(h, "state_dict", None)) else None for h in hooks],
+                    "hooks": [h.state_dict() for h in hooks if callable(getattr(h, "load_state_dict", None))],
                     "data": data.train.state_dict() if callable(getattr(data.train, "state_dict", None)) else None,
                     "rng": rng_state(), "history": history, "best": best,
                 })
