@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
+# The data root for tests and the demo (CIFAR-10 archive); override with PRUNEKIT_DATA=...
+export PRUNEKIT_DATA ?= $(abspath ../shared/data)
+
 .PHONY: demo test install bench clean
 
 $(PY):
@@ -22,6 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
+	rm -rf runs/quickstart
 	$(VENV)/bin/prunekit run recipes/quickstart.yaml --out runs/quickstart
 
 bench: $(STAMP)
