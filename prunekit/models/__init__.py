@@ -82,6 +82,8 @@ def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
     rebuilds it (weights excluded), and starts in training mode.
     """
     num_classes = _check_num_classes(num_classes)
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file (nothing is downloaded)")
     if small_input:
         check_small_input_supported(name)
     if name.startswith(TIMM_PREFIX):
@@ -96,8 +98,6 @@ def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
                 raise UserError(f"model {name!r}: {str(e).splitlines()[0]}") from None
             raise
     if weights is not None:
-        if not isinstance(weights, (str, os.PathLike)):
-            raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file (nothing is downloaded)")
         load_weights(model, weights)
     model.prunekit_builder = {"name": name, "kwargs": {"num_classes": num_classes, "small_input": bool(small_input), **kwargs}}
     return model
