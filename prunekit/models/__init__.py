@@ -84,6 +84,8 @@ def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
     num_classes = _check_num_classes(num_classes)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file (nothing is downloaded)")
+    if weights is not None and not os.path.isfile(weights):
+        raise UserError(f"{os.fspath(weights)}: no such file (weights= takes the path of a local weight file; nothing is downloaded)")
     if small_input:
         check_small_input_supported(name)
     if name.startswith(TIMM_PREFIX):
