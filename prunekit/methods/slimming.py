@@ -1,0 +1,288 @@
+"""Network slimming (Liu et al. 2017): L1 on BatchNorm scales while training, then one global threshold.
+
+Training adds the subgradient of `sparsity_lambda * sum |gamma|` to every prunable BatchNorm's
+gamma gradient (`after_backward`: grad += lambda * sign(gamma), as the paper's `updateBN`).
+`finalize` ranks every channel of every prunable group by |gamma| (summed over the BatchNorms a
+residual add couples, un-normalised), removes the lowest below ONE global threshold chosen to reach
+the target (channels, params or macs), and lets `prunekit.structure` remove them physically.
+
+The global-threshold planner (`prune_channels_by_scores`) is shared with `snip_channel`: it
+decides how many channels each group loses from precomputed per-channel scores, caps every group
+(at least one channel and 5% kept, so no layer vanishes) and hands per-group fractions to
+`structure.remove_channels`. Torch-Pruning's own global mode skips a group entirely when its
+threshold would empty it, which breaks both the target and the threshold; planning here avoids that.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import structure
+from prunekit.errors import UserError
+from prunekit.methods.base import Batches, Method, register
+from prunekit.targets import Target
+
+#: the most of one group a plan removes (structure's convention: no layer loses all its channels)
+MAX_RATIO = 0.95
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+
+
+class BNScaleImportance:
+    """Per channel of a group: |gamma| summed over the group's BatchNorms (un-normalised).
+
+    Returns None for a group without an affine BatchNorm (slimming has nothing to rank there).
+    """
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        n = len(group[0].idxs)
+        imp = torch.zeros(n, dtype=torch.float64)
+        found = False
+        for i, (dep, idxs) in enumerate(group):
+            layer = dep.target.module
+            if not (isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine):
+                continue
+            root_idxs = group[i].root_idxs
+            if any(r is None for r in root_idxs):
+                continue
+            gamma = layer.weight.detach().abs().double().cpu()[torch.as_tensor([int(j) for j in idxs])]
+            imp.scatter_add_(0, torch.as_tensor([int(r) for r in root_idxs]), gamma)
+            found = True
+        return imp if found else None
+
+
+def group_scores(model: nn.Module, example_inputs: torch.Tensor, *, importance: Any, ignore: Sequence[str | nn.Module] = ()) -> dict[str, torch.Tensor]:
+    """Return {root layer name: one score per channel} for every prunable group `importance` scores.
+
+    Groups for which `importance` returns None are left out (they will not be pruned).
+    """
+    scores = {}
+    for g in structure.channel_groups(model, example_inputs, ignore=ignore):
+        s = importance(g.group)
+        if s is not None:
+            scores[g.root_name] = s.detach().double().cpu().flatten()
+    return scores
+
+
+class _ScoreTable:
+    """An importance callable that answers precomputed scores by the group's root layer name."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module) -> None:
+        self._scores = scores
+        self._names = structure.module_names(model)
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        name = self._names.get(group[0].dep.target.module)
+        s = self._scores.get(name)
+        if s is None or len(s) != len(group[0].idxs):
+            return None
+        return s.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# planning: how many channels each group loses
+
+
+def _cap(size: int, max_ratio: float) -> int:
+    return max(0, min(size - 1, int(max_ratio * size + 0.5)))
+
+
+def plan_removal(scores: dict[str, torch.Tensor], *, count: int, allocation: str = "global", max_ratio: float = MAX_RATIO) -> dict[str, int]:
+    """Return {root name: channels removed} for `count` channels removed in all.
+
+    "global": the `count` lowest scores over all groups (one threshold), each group capped so it
+    keeps at least one channel and (1 - max_ratio) of its channels; "uniform": the same fraction
+    count / total from every group. The result may remove fewer than `count` where caps bind.
+    """
+    sizes = {name: len(s) for name, s in scores.items()}
+    total = sum(sizes.values())
+    if allocation == "uniform":
+        frac = count / total if total else 0.0
+        return {name: min(_cap(n, max_ratio), int(round(frac * n))) for name, n in sizes.items()}
+    if allocation != "global":
+        raise UserError(f"allocation {allocation!r} is not one of uniform, global")
+    names = list(scores)
+    flat = torch.cat([scores[n] for n in names])
+    owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
+    order = torch.argsort(flat, stable=True)[: max(0, min(count, total))]
+    per_group = torch.bincount(owner[order], minlength=len(names)).tolist()
+    return {name: min(_cap(sizes[name], max_ratio), k) for name, k in zip(names, per_group)}
+
+
+def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, allocation: str) -> int:
+    # The smallest global count whose capped plan removes `fraction` of all channels.
+    total = sum(len(s) for s in scores.values())
+    want = int(round(fraction * total))
+    lo, hi = want, total
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(plan_removal(scores, count=mid, allocation=allocation).values()) >= want:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _apply_plan(model: nn.Module, example_inputs: torch.Tensor, *, scores: dict[str, torch.Tensor], plan: dict[str, int],
+                ignore: Sequence[str | nn.Module], round_to: int | None) -> nn.Module:
+    sizes = {name: len(s) for name, s in scores.items()}
+    # (n - 0.5) / size makes Torch-Pruning's int(size * (1 - ratio)) land exactly on size - n.
+    ratios = {name: (n - 0.5) / sizes[name] for name, n in plan.items() if n > 0}
+    if not ratios:
+        return model
+    return structure.remove_channels(
+        model, example_inputs, importance=_ScoreTable(scores, model), ratios=ratios,
+        ignore=ignore, round_to=round_to, max_ratio=MAX_RATIO,
+    )
+
+
+def prune_channels_by_scores(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    scores: dict[str, torch.Tensor],
+    target: Target | str,
+    ignore: Sequence[str | nn.Module] = (),
+    round_to: int | None = None,
+    allocation: str = "global",
+    tolerance: float = 0.02,
+    max_iter: int = 16,
+) -> dict[str, int]:
+    """Remove channels of `model` in place, lowest `scores` first, to reach `target`; return the plan.
+
+    `scores` maps each group's root layer name (as `group_scores` returns) to one score per channel.
+    `target` is channels (fraction of all scored channels removed), params or macs (fraction of
+    the model's count removed, found by bisection on pruned copies within `tolerance`). The plan
+    is {root name: channels removed}; `round_to` may remove a few more to round the kept counts.
+    """
+    from prunekit.metrics import measure
+
+    target = Target.parse(target)
+    if not scores:
+        raise UserError("no prunable channel group could be scored (nothing to prune)")
+    total = sum(len(s) for s in scores.values())
+    kwargs = dict(scores=scores, ignore=ignore, round_to=round_to)
+    if target.unit == "channels":
+        plan = plan_removal(scores, count=_count_for_channels(scores, target.value, allocation), allocation=allocation)
+        _apply_plan(model, example_inputs, plan=plan, **kwargs)
+        return plan
+    if target.unit not in ("params", "macs"):
+        raise UserError(f"structured pruning takes a target in channels, params or macs, not {target.unit!r}")
+    base = getattr(measure(model, example_inputs), target.unit)
+
+    def removed_at(count: int) -> float:
+        trial = _apply_plan(copy.deepcopy(model), example_inputs, plan=plan_removal(scores, count=count, allocation=allocation), **kwargs)
+        return 1.0 - getattr(measure(trial, example_inputs), target.unit) / base
+
+    lo, hi = 0, total
+    best = (float("inf"), 0)  # (error, count)
+    for _ in range(max_iter):
+        if lo > hi:
+            break
+        mid = (lo + hi) // 2
+        got = removed_at(mid)
+        err = abs(got - target.value)
+        if err < best[0]:
+            best = (err, mid)
+        if err <= tolerance / 4:
+            break
+        if got < target.value:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    if best[0] > tolerance:
+        warnings.warn(f"target {target} reached only within {best[0] * 100:.1f} points (channel granularity and caps)", stacklevel=2)
+    plan = plan_removal(scores, count=best[1], allocation=allocation)
+    _apply_plan(model, example_inputs, plan=plan, **kwargs)
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------
+# the method
+
+
+def prunable_batchnorms(model: nn.Module, example_inputs: torch.Tensor, *, ignore: Sequence[str | nn.Module] = ()) -> list[str]:
+    """Return the names of the affine BatchNorms whose channels belong to a prunable group."""
+    names = structure.module_names(model)
+    found: list[str] = []
+    for g in structure.channel_groups(model, example_inputs, ignore=ignore):
+        for dep, _ in g.group:
+            layer = dep.target.module
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and names.get(layer) not in found:
+                found.append(names[layer])
+    return found
+
+
+@register
+class Slimming(Method):
+    """Network slimming (Liu et al. 2017). Options: `sparsity_lambda` (default 1e-4)."""
+
+    name = "slimming"
+    kind = "structured"
+    units = ("channels", "params", "macs")
+    description = "L1 on BatchNorm scales while training, one global |gamma| threshold, channels removed (Liu et al. 2017)"
+
+    def configure(self, *, sparsity_lambda: float = 1e-4, **options: Any) -> dict[str, Any]:
+        try:
+            lam = float(sparsity_lambda)
+        except (TypeError, ValueError):
+            lam = -1.0
+        if not lam >= 0:
+            raise UserError(f"method 'slimming': sparsity_lambda={sparsity_lambda!r} must be a number >= 0 (paper: 1e-4 VGG, 1e-5 ResNet)")
+        self._bn_names: list[str] | None = None
+        return {"sparsity_lambda": lam, **super().configure(**options)}
+
+    def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        self._bn_names = prunable_batchnorms(model, example_inputs, ignore=self.ignore)
+        if not self._bn_names:
+            raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
+        self.info["batchnorms"] = len(self._bn_names)
+        return model
+
+    def _batchnorms(self, model: nn.Module) -> list[nn.BatchNorm2d]:
+        modules = dict(model.named_modules())
+        if self._bn_names is None:  # hooks used without at_init: every affine BatchNorm
+            return [m for m in modules.values() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        return [modules[n] for n in self._bn_names if n in modules]
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module) -> None:
+        lam = self.options["sparsity_lambda"]
+        if lam == 0:
+            return
+        for bn in self._batchnorms(model):
+            if bn.weight.grad is not None:
+                bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=lam)
+
+    def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        if self.target is None:
+            raise UserError("method 'slimming' needs a target, e.g. channels=0.5")
+        scores = group_scores(model, example_inputs, importance=BNScaleImportance(), ignore=self.ignore)
+        if not scores:
+            raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
+        plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
+                                        round_to=self.round_to, allocation="global")
+        removed = {n: k for n, k in plan.items() if k}
+        removed_scores = [torch.sort(scores[n]).values[: plan[n]] for n in removed]
+        self.info.update({
+            "channels_scored": int(sum(len(s) for s in scores.values())),
+            "channels_removed": int(sum(plan.values())),
+            # the global threshold: the largest (summed) |gamma| that was removed
+            "threshold_gamma": float(torch.cat(removed_scores).max()) if removed_scores else None,
+            "removed_per_group": removed,
+        })
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batchnorms": list(self._bn_names or [])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._bn_names = list(state.get("batchnorms", [])) or None
