@@ -5,5 +5,8 @@ from prunekit.methods.base import METHODS, Method, create, list_methods, registe
 # Importing a method module registers its methods.
 from prunekit.methods import structured_baselines  # noqa: E402,F401  l1_filter, l2_filter, random
 from prunekit.methods import magnitude  # noqa: E402,F401
+from prunekit.methods import slimming  # noqa: E402,F401  network slimming
+from prunekit.methods import snip  # noqa: E402,F401  snip, snip_channel, grasp, synflow
+from prunekit.methods import double  # noqa: E402,F401  slimming then magnitude
 
 __all__ = ["METHODS", "Method", "create", "list_methods", "register"]
