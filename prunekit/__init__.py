@@ -6,12 +6,15 @@
     result = prunekit.prune(model, method="l1_filter", target="macs=0.5", example_inputs=x)
     print(result.before.macs, result.after.macs, result.achieved)
     prunekit.save(result.model, "pruned.pt")
+    same = prunekit.load("pruned.pt")
 """
 
 from prunekit._version import __version__
+from prunekit import models  # noqa: F401  (prunekit.models.create, list_models)
 from prunekit.api import PruneResult, prune
+from prunekit.io import export_onnx, load, save
 from prunekit.errors import UserError
 from prunekit.metrics import Measurement, measure, netscore
 from prunekit.targets import Target
 
-__all__ = ["__version__", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]
+__all__ = ["__version__", "models", "save", "load", "export_onnx", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]

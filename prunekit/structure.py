@@ -79,6 +79,15 @@ def classifier_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn
     return order[-1:]
 
 
+def fixed_layers(model: nn.Module) -> list[nn.Module]:
+    """Return layers whose output channels a model builder marked as fixed (`prunekit_fixed_out`).
+
+    Builders mark layers whose outputs meet an op the dependency graph cannot follow (e.g. the
+    even split of ShuffleNetV2's channel shuffle), so their channel count must not change.
+    """
+    return [m for m in model.modules() if getattr(m, "prunekit_fixed_out", False)]
+
+
 def resolve_ignore(model: nn.Module, ignore: Sequence[str | nn.Module]) -> list[nn.Module]:
     """Return the modules named by `ignore` (module-name globs or modules).
 
@@ -126,7 +135,7 @@ def channel_groups(
 ) -> list[ChannelGroup]:
     """Return the prunable channel groups of `model`; the classifier and `ignore`d layers are left out."""
     graph = graph or build_graph(model, example_inputs)
-    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs)
+    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs) + fixed_layers(model)
     names = module_names(model)
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
@@ -213,7 +222,7 @@ def remove_channels(
         raise UserError(f"allocation {allocation!r} is not one of uniform, global")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise UserError(f"round_to={round_to!r} must be a positive integer")
-    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs)
+    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs) + fixed_layers(model)
     by_name = dict(model.named_modules())
     ratio_dict = {}
     for name, r in (ratios or {}).items():
@@ -267,6 +276,9 @@ def zero_channels(model: nn.Module, example_inputs: torch.Tensor, *, history: Se
                 if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(target, nn.Module):
                     continue
                 rows = torch.tensor(_plain_idxs(dep_idxs), dtype=torch.long)
+                if hasattr(target, "zero_out_channels"):  # prunekit's parameter-free channel maps
+                    target.zero_out_channels(rows)
+                    continue
                 for pname in ("weight", "bias"):
                     param = getattr(target, pname, None)
                     if not isinstance(param, torch.Tensor) or param.dim() == 0:

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models import convnext, densenet, resnet, vgg
 
 import prunekit
-from prunekit import structure
+from prunekit import models, structure
 from prunekit.errors import UserError
 
 
@@ -35,6 +35,8 @@ FAMILIES = {
     "googlenet": partial(torchvision.models.googlenet, num_classes=10, aux_logits=False, init_weights=True),
     "convnext": partial(convnext.ConvNeXt, [convnext.CNBlockConfig(32, 64, 1), convnext.CNBlockConfig(64, None, 1)], num_classes=10),
     "mnasnet": partial(torchvision.models.mnasnet0_5, num_classes=10),
+    # prunekit's builder makes the channel shuffle traceable (prunekit/models/shufflenet.py)
+    "shufflenet": partial(models.create, "shufflenet_v2_x0_5", num_classes=10),
     "squeezenet": partial(torchvision.models.squeezenet1_1, num_classes=10),
 }
 # LayerNorm over channels sees the zeroed channels, so a zeroed copy is not the same function.
@@ -132,3 +134,12 @@ def test_random_method_is_seeded():
 
     assert kept(1) == kept(1)
     assert kept(1) != kept(2)
+
+
+def test_shufflenet_builder_keeps_torchvision_function():
+    torch.manual_seed(0)
+    plain = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    ours = models.create("shufflenet_v2_x0_5", num_classes=10).eval()
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours(x), plain(x), atol=1e-6, rtol=0)

@@ -59,6 +59,10 @@ class ShortcutA(nn.Module):
         gather = torch.where(self.index < 0, torch.full_like(self.index, self.in_channels), self.index)
         return x.index_select(1, gather)
 
+    def zero_out_channels(self, rows: torch.Tensor) -> None:
+        """Make the given output channels zero channels (used by `structure.zero_channels`)."""
+        self.index[rows.to(self.index.device)] = -1
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}->{self.out_channels}, stride={self.stride}"
 

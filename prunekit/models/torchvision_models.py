@@ -8,6 +8,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from prunekit.models.shufflenet import make_shuffle_prunable
 from prunekit.models.stem import adapt_small_input
 
 # Builders that warn and fall back to a slow scipy init unless told which init to use, and whose
@@ -28,6 +29,8 @@ def torchvision_builder(name: str) -> Callable[..., nn.Module]:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
         if small_input:
             adapt_small_input(model, name=name)
+        if name.startswith("shufflenet_v2"):
+            make_shuffle_prunable(model)
         return model
 
     build.__name__ = name
