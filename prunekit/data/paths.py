@@ -62,6 +62,6 @@ def missing(name: str, searched: Sequence[Path], *, hint: str = "", downloadable
     where = ", ".join(str(p) for p in searched)
     how = [f"put it at one of those paths", f"or point --data-root / {ENV_ROOT} at the folder holding it"]
     if downloadable:
-        how.append("or pass download=True (data.download: true in a recipe) where the network allows")
+        how.append("or pass download=True (data.options.download: true in a recipe) where the network allows")
     extra = f" ({hint})" if hint else ""
     return UserError(f"dataset {name!r} not found; searched {where}{extra}; {', '.join(how)}")
