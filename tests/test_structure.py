@@ -65,7 +65,8 @@ def test_family_prunes_for_real(family):
     assert y.shape == (2, 10)
     assert result.after.params < result.before.params
     assert result.after.macs < result.before.macs
-    assert 0.25 <= result.achieved["channels"] <= 0.35
+    # ShuffleNet's block outputs are fixed (even channel split), so fewer channels are prunable
+    assert (0.15 if family == "shufflenet" else 0.25) <= result.achieved["channels"] <= 0.35
     if family not in NOT_ZERO_EQUIVALENT:
         history = [h for op in model.prunekit_ops for h in op["history"]]
         structure.zero_channels(reference, x[:1], history=history)
