@@ -6,7 +6,6 @@ import gzip
 import io
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from PIL import Image
 import prunekit.data as data
 from prunekit.data import readers
 from prunekit.data.arrays import first_per_class, stratified_holdout
-from prunekit.data.augment import Normalize, crop_flip
+from prunekit.data.augment import crop_flip
 from prunekit.errors import UserError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -9,8 +9,6 @@ device, where `prunekit.data.augment` crops and flips a batch at a time.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,17 +108,9 @@ def fingerprint(path: Path) -> str:
 
 def save_arrays(path: Path, dataset: ArrayDataset) -> None:
     """Write `dataset` to `path` atomically (temp file in the same folder + os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"images": dataset.images.cpu(), "targets": dataset.targets.cpu(), "classes": dataset.classes}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is as readable as the data it came from
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from prunekit.io import atomic_torch_save
+
+    atomic_torch_save({"images": dataset.images.cpu(), "targets": dataset.targets.cpu(), "classes": dataset.classes}, path)
 
 
 def load_arrays(path: Path) -> ArrayDataset | None:

@@ -7,15 +7,14 @@ on the device) or "folder" (a `FolderDataset` read by DataLoader workers). Regis
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunekit.data import paths, readers
-from prunekit.data.arrays import ArrayDataset, first_per_class, load_arrays, save_arrays, fingerprint, stratified_holdout
+from prunekit.data.arrays import ArrayDataset, fingerprint, first_per_class, load_arrays, save_arrays, stratified_holdout
 from prunekit.data.folder import FolderDataset, scan_folder
 from prunekit.data.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS, make_synthetic
 from prunekit.errors import UserError
@@ -97,11 +96,14 @@ def _memory(
             else:
                 todo[split] = n
         if todo:
-            for split, ds in decode(source, todo, req).items():
-                n = todo[split]
-                if n is not None and source.format != "tree":  # formats read whole: keep the first n per class
-                    ds = ds.select(first_per_class(ds.targets, n, ds.num_classes))
+            # an image tree decodes only the images asked for; other formats are read whole anyway,
+            # so their whole split is cached and the subset cut from it
+            asked = todo if source.format == "tree" else dict.fromkeys(todo)
+            for split, ds in decode(source, asked, req).items():
+                n = asked[split]
                 save_arrays(cache / (f"{key}-{split}.pt" if n is None else f"{key}-{split}-first{n}.pt"), ds)
+                if todo[split] is not None and n is None:
+                    ds = ds.select(first_per_class(ds.targets, todo[split], ds.num_classes))
                 out[split] = ds
         return out
 
@@ -113,12 +115,15 @@ def _first_existing(req: Request, candidates: list[tuple[str, Path]], *, hint: s
         if path.exists():
             return Source(fmt, path)
     if req.download and download is not None:
+        req = dataclasses.replace(req, download=False)
         try:
             req.root.mkdir(parents=True, exist_ok=True)
             download(req)
         except Exception as err:  # network and disk failures alike end as one line
-            raise UserError(f"downloading {req.name!r} into {req.root} failed ({type(err).__name__}: {err}); provide the files by hand") from None
-        return _first_existing(req, candidates, hint=hint)
+            reason = " ".join(str(err).split())[:200]
+            raise UserError(f"downloading {req.name!r} into {req.root} failed ({type(err).__name__}: {reason}); "
+                            "provide the files by hand") from None
+        return _first_existing(req, candidates, hint=hint)  # no download this time: a miss is an error
     raise paths.missing(req.name, [p for _, p in candidates], hint=hint, downloadable=download is not None)
 
 
