@@ -17,9 +17,12 @@ class StructuredMethod(Method):
 
     Options: `allocation` ("uniform": the same fraction from every group; "global": one ranking
     of normalised scores across groups). Subclasses provide `importance()`.
+    A `latency=` target is met by measured time on the model's device (`prunekit.allocation`);
+    `round_to` defaults to "auto" (the channel multiple measured on the device; 1 = none).
     """
 
     kind = "structured"
+    units = ("channels", "params", "macs", "latency")
 
     def configure(self, *, allocation: str = "uniform", **options: Any) -> dict[str, Any]:
         if allocation not in ("uniform", "global"):
@@ -33,13 +36,29 @@ class StructuredMethod(Method):
     def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         if self.target is None:
             raise UserError(f"method {self.name!r} needs a target, e.g. macs=0.5")
+        from prunekit import allocation
+
+        importance = self.importance(model, example_inputs=example_inputs, data=data)
+        round_to = allocation.resolve_round_to(
+            "auto" if self.round_to is None else self.round_to,
+            model=model, example_inputs=example_inputs, target=self.target, ignore=self.ignore,
+        )
+        self.info["round_to"] = round_to.to_dict()
+        if self.target.unit == "latency":
+            report: dict[str, Any] = {}
+            model = allocation.prune_to_latency(
+                model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
+                round_to=round_to.value, report=report,
+            )
+            self.info["latency"] = report
+            return model
         return structure.prune_to_target(
             model,
             example_inputs,
-            importance=self.importance(model, example_inputs=example_inputs, data=data),
+            importance=importance,
             target=self.target,
             ignore=self.ignore,
-            round_to=self.round_to,
+            round_to=round_to.value,
             allocation=self.options["allocation"],
         )
 
