@@ -85,14 +85,15 @@ class _Experiment:
     def run(self) -> dict[str, Any]:
         from prunekit import methods
 
-        previous = self._prepare_dir()
-        if previous is not None and previous.get("status") == "complete":
-            self.console.print(f"{self.out}: already complete, nothing to resume")
-            return previous
+        # Every mistake the recipe can hold is reported before the run directory is touched.
         self.method = self._create_method(methods)
         self.stage_methods = list(getattr(self.method, "stages", None) or [self.method])
         self.composite = len(getattr(self.method, "stages", None) or []) > 0
         self._check_names()
+        previous = self._prepare_dir()
+        if previous is not None and previous.get("status") == "complete":
+            self.console.print(f"{self.out}: already complete, nothing to resume")
+            return previous
         self.metrics = self._initial_metrics(previous)
         self._write_metrics()
         from prunekit.io import atomic_write
@@ -406,7 +407,7 @@ class _Experiment:
         self.metrics["stage"] = None
         self.metrics["finished_at"] = _now()
         # report.md and the plots first, metrics.json last: "complete" is the final word.
-        report_path = report_mod.write_report(self.out, self.metrics, plots=self.recipe.report.plots)
+        report_mod.write_report(self.out, self.metrics, plots=self.recipe.report.plots)
         self._log({"event": "stage", "stage": "final", "status": "done", "top1": final["top1"]})
         self._write_metrics()
         self.console.print(
@@ -414,13 +415,16 @@ class _Experiment:
             f"MACs {report_mod.human(final['macs'])} ({100 * achieved['macs']:.1f}% removed), "
             f"latency {lat_after:.2f} ms vs {lat_before:.2f} ms"
         )
-        self.console.print(f"report: {report_path}")
 
     # helpers --------------------------------------------------------------------------------------
     def _train(self, model: nn.Module, *, settings: TrainSettings, hooks: tuple[Any, ...], stage: str) -> nn.Module:
         from prunekit import train
 
-        config = train.TrainConfig(**_train_kwargs(settings), seed=self.recipe.seed)
+        kwargs = _train_kwargs(settings)
+        if kwargs["eval_max_batches"] is None:
+            kwargs["eval_max_batches"] = self.recipe.eval.max_batches
+        kwargs["milestones"] = tuple(kwargs["milestones"])
+        config = train.TrainConfig(**kwargs, seed=self.recipe.seed)
         checkpoint = self.state / f"{stage}.ckpt"
         result = train.train(
             model, data=self.data, config=config, hooks=hooks, device=self.device, stage=stage,
@@ -435,7 +439,7 @@ class _Experiment:
         result = train.evaluate(
             model, self.data.test, device=self.device, amp=self.recipe.finetune.amp, max_batches=self.recipe.eval.max_batches
         )
-        return {k: float(result[k]) for k in ("top1", "top5", "loss", "images")}
+        return {"top1": float(result["top1"]), "top5": float(result["top5"]), "loss": float(result["loss"]), "images": int(result["images"])}
 
     def _save_stage_model(self, model: nn.Module, path: Path) -> None:
         from prunekit import io, masks

@@ -42,15 +42,26 @@ class TrainSettings(_Section):
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_bn_bias: bool = Field(False, description="exclude BatchNorm parameters and biases from weight decay")
     schedule: Literal["cosine", "onecycle", "multistep", "constant"] = "cosine"
-    milestones: list[int] = Field(default_factory=list, description="epochs at which multistep multiplies lr by gamma")
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75], description="fractions of the run where multistep multiplies lr by gamma"
+    )
     gamma: float = Field(0.1, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up to lr (fractions of an epoch allowed)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = False
+    channels_last: bool | None = Field(None, description="channels_last memory format; default: on CUDA only")
     compile: bool = Field(False, description="torch.compile the model")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimizer steps per epoch (quick runs)")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    eval_every: int = Field(1, ge=0, description="evaluate every N epochs (always after the last; 0: only the last)")
+    eval_max_batches: int | None = Field(None, ge=1, description="cap on batches per evaluation; default eval.max_batches")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in value):
+            raise ValueError(f"milestones are fractions of the run, each in (0, 1), e.g. [0.5, 0.75]; got {value}")
+        return value
 
 
 class DataSection(_Section):
@@ -58,13 +69,23 @@ class DataSection(_Section):
 
     name: str = "cifar10"
     root: str | None = Field(None, description="data directory; default --data-root, then $PRUNEKIT_DATA, then a cache dir")
-    subset: int | None = Field(None, ge=1, description="first N training images per class (stratified)")
+    subset: int | dict[str, int] | None = Field(
+        None, description="first N images per class of every split (an int), or per split ({train: N, test: M})"
+    )
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of train held out as validation")
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     augment: bool = True
     num_workers: int | None = Field(None, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+
+    @field_validator("subset")
+    @classmethod
+    def _subset(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        counts = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(n < 1 for n in counts):
+            raise ValueError(f"images per class must be >= 1, got {value}")
+        return value
 
 
 class ModelSection(_Section):
