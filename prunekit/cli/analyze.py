@@ -12,6 +12,7 @@ def add_parser(sub: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes for the latency median (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--latency", action="store_true", help="also time every layer (forward hooks, CPU, batch 1, median of --repeats)")
     p.set_defaults(func=run)
 
 
@@ -32,6 +33,13 @@ def run(args: Any) -> int:
         "latency_device": "cpu",
         "latency_batch_size": 1,
     }
+    layer_rows: list[Any] = []
+    if getattr(args, "latency", False):
+        from prunekit.allocation import profile_layers
+
+        layer_rows, total = profile_layers(model, x, device="cpu", repeats=max(1, args.repeats))
+        result["layer_latency_total_ms"] = total
+        result["layer_latency"] = [{"name": r.name, "kind": r.kind, "ms": r.ms, "share": r.share} for r in layer_rows]
     if args.json:
         print_json(result)
         return 0
@@ -46,4 +54,13 @@ def run(args: Any) -> int:
         ["CPU latency, batch 1 (measured, median)", f"{lat:.2f} ms"],
     ]
     print_table(f"{args.model} at {'x'.join(map(str, x.shape[1:]))}", ["", "value"], rows)
+    if layer_rows:
+        outside = result["layer_latency_total_ms"] - sum(r.ms for r in layer_rows)
+        table = [[r.name, r.kind, f"{r.ms:.3f}", f"{100 * r.share:.1f}%"] for r in layer_rows]
+        table.append(["(outside modules: adds, reshapes)", "", f"{outside:.3f}", ""])
+        print_table(
+            f"time per layer, CPU batch 1, measured with forward hooks (median of {max(1, args.repeats)} passes; "
+            f"forward {result['layer_latency_total_ms']:.2f} ms)",
+            ["layer", "type", "ms", "share"], table,
+        )
     return 0

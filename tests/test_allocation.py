@@ -1,0 +1,152 @@
+"""Hardware-aware allocation with deterministic (mocked) timers: channel multiples, latency targets."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from prunekit import allocation, structure
+from prunekit.allocation import LayerSpec
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class StairTimer:
+    """A device whose kernels work in blocks of `multiple` channels: time = MACs of the padded layer.
+
+    `overhead` adds a fixed share of the original model's time that no layer accounts for
+    (norms, activations), which the allocation must discover by measuring the whole model.
+    """
+
+    batch_size = 1
+
+    def __init__(self, multiple: int, *, overhead_ms: float = 0.0):
+        self.multiple = multiple
+        self.overhead_ms = overhead_ms
+        self.layer_calls = 0
+
+    def layer_ms(self, spec: LayerSpec) -> float:
+        self.layer_calls += 1
+        m = self.multiple
+        if spec.groups > 1 and spec.groups == spec.in_channels == spec.out_channels:
+            c = _ceil(spec.in_channels, m)
+            return spec.with_channels(c, c, groups=c).macs() * 1e-6
+        return spec.with_channels(_ceil(spec.in_channels, m), _ceil(spec.out_channels, m)).macs() * 1e-6
+
+    def model_ms(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
+        shapes = {}
+        hooks = [m.register_forward_hook(lambda mod, i, o: shapes.setdefault(mod, tuple(i[0].shape)) and None)
+                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            model.eval()(example_inputs)
+        for h in hooks:
+            h.remove()
+        return self.overhead_ms + sum(self.layer_ms(LayerSpec.of(m, s, batch_size=1)) for m, s in shapes.items())
+
+
+def _net(width: int = 64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),           # 16x16: expensive channels
+        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),  # 8x8
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+    )
+
+
+X = torch.zeros(1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("multiple", [8, 16, 32])
+def test_channel_multiple_is_where_time_steps(multiple):
+    assert allocation.measure_channel_multiple(timer=StairTimer(multiple), passes=1) == multiple
+
+
+def test_smooth_time_means_no_multiple_and_env_pins_it(monkeypatch):
+    assert allocation.measure_channel_multiple(timer=StairTimer(1), passes=1) <= 2
+    monkeypatch.setenv(allocation.ENV_MULTIPLE, "8")
+    timer = StairTimer(32)
+    assert allocation.measure_channel_multiple(timer=timer) == 8 and timer.layer_calls == 0
+
+
+def test_round_to_auto_is_the_default_and_yields_measured_multiples():
+    model = _net(64)
+    with allocation.use_timer(StairTimer(16)):
+        result = prunekit.prune(model, method="l1_filter", target="macs=0.5", example_inputs=X)
+    assert result.info["round_to"]["asked"] == "auto"
+    assert result.info["round_to"]["measured"] == 16 and result.info["round_to"]["value"] == 16
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 16 == 0 for c in convs) and any(c.out_channels < 64 for c in convs)
+    # a small model keeps a multiple that fits its smallest group (16 channels -> at most 4)
+    small = _net(16)
+    with allocation.use_timer(StairTimer(16)):
+        choice = allocation.resolve_round_to("auto", model=small, example_inputs=X, target="macs=0.5")
+    assert (choice.measured, choice.value) == (16, 4)
+    # a channels target is an exact per-group fraction: auto does not round it
+    assert allocation.resolve_round_to("auto", model=small, example_inputs=X, target="channels=0.3").value is None
+    assert allocation.resolve_round_to(1, model=small, example_inputs=X).value is None
+
+
+def test_latency_target_is_met_on_the_measured_time():
+    model = _net(64)
+    timer = StairTimer(8)
+    before = timer.model_ms(model, X)
+    with allocation.use_timer(timer):
+        result = prunekit.prune(model, method="l1_filter", target="latency=0.5", example_inputs=X)
+    after = timer.model_ms(result.model, X)
+    report = result.info["latency"]
+    assert after <= before * (0.5 + 0.02)
+    assert report["before_ms"] == pytest.approx(before) and report["after_ms"] == pytest.approx(after)
+    assert report["achieved"] == pytest.approx(1 - after / before)
+    # the timer's layers add up to the model exactly here, so the first prediction is right
+    assert len(report["attempts"]) == 1
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.out_channels != 64:
+            assert m.out_channels % 8 == 0
+    json.dumps(result.info)  # plain data for metrics.json
+
+
+def test_latency_goal_is_recalibrated_when_layers_miss_time():
+    model = _net(64)
+    timer = StairTimer(8, overhead_ms=0.0)
+    base = timer.model_ms(model, X)
+    timer.overhead_ms = 0.4 * base  # time no layer accounts for (norms, activations)
+    report = {}
+    ones = lambda group: torch.ones(len(group[0].idxs))  # noqa: E731
+    allocation.prune_to_latency(model, X, importance=ones, target=0.4, round_to=8, timer=timer, report=report)
+    assert report["achieved"] >= 0.4 - 0.02
+    assert len(report["attempts"]) >= 2  # the first, uncorrected prediction fell short
+
+
+def test_channels_that_buy_more_time_go_first():
+    # Equal importance everywhere; MACs per channel of each group (out of its conv + into the next):
+    # "0": 3*9*256 + 64*9*64 = 43776, "3": 64*9*64 * 2 = 73728, "6": 64*9*64 + 10 = 36874.
+    model = _net(64)
+    report = {}
+    ones = lambda group: torch.ones(len(group[0].idxs))  # noqa: E731
+    allocation.prune_to_latency(model, X, importance=ones, target=0.3, round_to=8, timer=StairTimer(8), report=report)
+    kept = report["kept"]
+    assert kept["3"] < kept["0"] <= kept["6"], kept
+
+
+def test_profile_layers_attributes_time_to_layers():
+    model = _net(16)
+    rows, total = allocation.profile_layers(model, X, repeats=3, warmup=1)
+    names = [r.name for r in rows]
+    assert names[:3] == ["0", "1", "2"] and "11" in names
+    assert total > 0 and all(r.ms >= 0 for r in rows)
+    assert sum(r.share for r in rows) <= 1.0 + 1e-6
+
+
+def test_analyze_latency_flag(capsys):
+    from prunekit.cli.main import main
+
+    assert main(["analyze", "resnet20", "--latency", "--json", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    convs = [r for r in out["layer_latency"] if r["kind"] == "Conv2d"]
+    assert len(convs) == 19 and out["layer_latency_total_ms"] > 0
