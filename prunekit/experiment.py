@@ -90,6 +90,13 @@ class _Experiment:
         self.stage_methods = list(getattr(self.method, "stages", None) or [self.method])
         self.composite = len(getattr(self.method, "stages", None) or []) > 0
         self._check_names()
+        stage_epochs = self.recipe.method.stage_epochs
+        if stage_epochs is not None and len(stage_epochs) != len(self.stage_methods):
+            raise self.recipe.field_error(
+                "method.stage_epochs",
+                f"method {self.method.name!r} has {len(self.stage_methods)} stage(s) "
+                f"({', '.join(m.name for m in self.stage_methods)}); give one epoch count per stage, not {len(stage_epochs)}",
+            )
         previous = self._prepare_dir()
         if previous is not None and previous.get("status") == "complete":
             self.console.print(f"{self.out}: already complete, nothing to resume")
@@ -311,15 +318,16 @@ class _Experiment:
             self._load_method_state(method, stage)
             return self._load_stage_model(path)
         r = self.recipe.method
+        epochs = r.train.epochs if r.stage_epochs is None else r.stage_epochs[i]
         what = f"{method.name}" + (f" to {method.target}" if getattr(method, "target", None) else "")
-        what += f", training {r.train.epochs} epochs with its hooks" if r.train.epochs else ", one-shot"
+        what += f", training {epochs} epochs with its hooks" if epochs else ", one-shot"
         self._begin(stage, what)
         start = time.perf_counter()
         _seed_everything(self.recipe.seed + 1 + i)
         if r.from_scratch and i == 0:
             model = self._reinitialise(model)
         model = method.at_init(model, example_inputs=self.example_inputs, data=self._batches())
-        if r.train.epochs:
+        if epochs:
             model = self._train(model, settings=r.train, hooks=(method,), stage=stage)
         model = method.finalize(model, example_inputs=self.example_inputs, data=self._batches())
         model = model.to(self.device)

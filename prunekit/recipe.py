@@ -112,10 +112,29 @@ class MethodSection(_Section):
     target: str | None = Field(None, description="UNIT=FRACTION removed, e.g. macs=0.5")
     options: dict[str, Any] = Field(default_factory=dict)
     ignore: list[str] = Field(default_factory=list, description="module names (globs) the method leaves alone")
-    round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+    round_to: int | Literal["auto"] | None = Field(
+        None, description="keep channel counts multiples of N; auto = measured on the device; null = the method's default"
+    )
+
+    @field_validator("round_to")
+    @classmethod
+    def _round_to(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"round_to must be a positive integer, auto or null; got {value}")
+        return value
     from_scratch: bool = Field(False, description="re-initialise the weights before at_init (SNIP, SFP from scratch)")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training with the method's hooks; epochs 0 = one-shot")
+    stage_epochs: list[int] | None = Field(
+        None, description="composite methods: method.train epochs per stage (e.g. [160, 0]); default method.train.epochs for each"
+    )
     data_batches: int = Field(8, ge=1, description="training batches at_init / finalize may use for scoring")
+
+    @field_validator("stage_epochs")
+    @classmethod
+    def _stage_epochs(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(e < 0 for e in value):
+            raise ValueError(f"epochs per stage must be >= 0, got {value}")
+        return value
 
     @field_validator("target")
     @classmethod
@@ -285,23 +304,32 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return cls
 
 
+# pydantic names the branch of a union in the location ("round_to.int"); users know the field only
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|function-[a-z]+|[a-z]+\[.*\])$")
+
+
 def _format_validation_error(err: ValidationError, *, source: str, set_keys: set[str]) -> str:
     errors = err.errors(include_url=False)
-    first = errors[0]
-    loc = tuple(first["loc"])
+    paths = [tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p))) for e in errors]
+    loc = paths[0]
+    same = [e for e, p in zip(errors, paths) if p == loc]  # one per union branch
     path = ".".join(str(p) for p in loc) or "(top level)"
-    kind = first["type"]
-    if kind == "extra_forbidden":
+    first = same[0]
+    if first["type"] == "extra_forbidden":
         owner = _model_at(loc)
         allowed = ", ".join(owner.model_fields) if owner else "?"
         message = f"unknown field {str(loc[-1])!r} (allowed: {allowed})"
     else:
-        message = first["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if kind not in ("missing",):
+        messages = []
+        for e in same:
+            text = e["msg"][len("Value error, ") :] if e["msg"].startswith("Value error, ") else e["msg"]
+            if text not in messages:
+                messages.append(text)
+        message = " or ".join(messages)
+        if first["type"] not in ("missing", "value_error"):  # our own messages already show the value
             message += f" (got {first.get('input')!r})"
     if path in set_keys:
         message += " [from --set]"
-    more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    others = len({p for p in paths if p != loc})
+    more = f" (+{others} more error{'s' if others > 1 else ''})" if others else ""
     return f"{source}: {path}: {message}{more}"

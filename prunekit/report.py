@@ -179,6 +179,8 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
                 f"{_num(st.get('netscore'), '.2f')} | {_num(st.get('netscore_nonzero'), '.2f')} |"
             )
         lines.append("")
+        if any((st.get("nonzero_params") or 0) < (st.get("params") or 0) for st in stages):
+            lines += [f"Note: {SPARSITY_NOTE}.", ""]
 
     wall = metrics.get("wall_time_s") or {}
     if wall:

@@ -166,6 +166,7 @@ def test_complete_run_is_not_overwritten(complete_run, capsys):
         ("model.name=resnet21", "tiny.yaml: model.name: unknown model 'resnet21'"),
         ("method.options={allocation: sideways}", "tiny.yaml: method: method 'l1_filter': allocation 'sideways'"),
         ("model.weights=missing.th", "tiny.yaml: model.weights: no such file"),
+        ("method.stage_epochs=[1, 2]", "tiny.yaml: method.stage_epochs: method 'l1_filter' has 1 stage(s) (l1_filter); give one epoch count per stage, not 2"),
     ],
 )
 def test_unknown_names_exit_2_with_field_path(tmp_path, capsys, override, expected):
@@ -243,3 +244,46 @@ def test_unstructured_run_reports_sparsity_with_its_caveat(tmp_path):
     text = (out / "report.md").read_text()
     assert "zeroed weights reduce non-zero params and non-zero MACs, not dense latency" in text
     assert (out / "sparsity_per_layer.png").exists()
+
+
+def test_composite_method_records_every_stage(tmp_path):
+    out = tmp_path / "run"
+    recipe = load_recipe(
+        recipe_file(tmp_path, baseline={"train": {"epochs": 0}}),
+        overrides=["method.name=double", "method.target=null", "method.options={slimming_target: channels=0.3, magnitude_target: sparsity=0.5}",
+                   "method.train.epochs=1", "method.stage_epochs=[1, 0]", "finetune.epochs=1"],
+    )
+    m = run_experiment(recipe, out_dir=out, progress=False)
+    assert m["completed_stages"] == ["baseline", "method0", "finetune0", "method1", "finetune1", "final"]
+    first, second = m["stages"]
+    assert (first["method"], second["method"]) == ("slimming", "magnitude")
+    assert first["params"] < m["baseline"]["params"] and first["nonzero_params"] == first["params"]
+    assert second["params"] == first["params"] and second["nonzero_params"] < first["nonzero_params"]
+    assert second["params"] == m["final"]["params"] and second["nonzero_params"] == m["final"]["nonzero_params"]
+    for st in (first, second):
+        expected = 20 * math.log10(st["top1"] ** 2 / (math.sqrt(st["params"] / 1e6) * math.sqrt(st["macs"] / 1e9)))
+        assert st["netscore"] == pytest.approx(expected)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # stage_epochs [1, 0]: slimming trains with its hooks, one-shot magnitude does not
+    assert [r["stage"] for r in rows if "epoch" in r] == ["method0", "finetune0", "finetune1"]
+    assert "## Stages" in (out / "report.md").read_text()
+
+
+def test_resume_continues_the_trainer_from_its_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    recipe = load_recipe(recipe_file(tmp_path, baseline={"train": {"epochs": 0}}), overrides=["finetune.epochs=2"])
+
+    class CrashInSecondEpoch:
+        def after_epoch(self, model, *, epoch):
+            if epoch == 1:
+                raise RuntimeError("simulated crash in epoch 2")
+
+    monkeypatch.setattr(L1Filter, "finetune_hooks", lambda self: CrashInSecondEpoch())
+    with pytest.raises(RuntimeError, match="epoch 2"):
+        run_experiment(recipe, out_dir=out, progress=False)
+    assert read_metrics(out)["stage"] == "finetune0" and (out / "state" / "finetune0.ckpt").exists()
+    monkeypatch.undo()
+    m = run_experiment(recipe, out_dir=out, resume=True, progress=False)
+    assert m["status"] == "complete"
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r.get("stage") == "finetune0" and "epoch" in r] == [0, 1]

@@ -73,6 +73,18 @@ def test_bad_target_and_choice(tmp_path):
     assert message.startswith("exp.yaml: device: ") and "'auto', 'cpu' or 'cuda'" in message
 
 
+def test_union_fields_name_the_field_not_the_branch(tmp_path):
+    path = write(tmp_path, "method: {round_to: many}\n")
+    message = error_of(path)
+    assert message.startswith("exp.yaml: method.round_to: Input should be a valid integer")
+    assert "Input should be 'auto'" in message and "(got 'many')" in message
+    assert load_recipe(path, overrides=["method.round_to=auto"]).method.round_to == "auto"
+    assert load_recipe(path, overrides=["method.round_to=8"]).method.round_to == 8
+    assert error_of(path, ("method.round_to=0",)).startswith("exp.yaml: method.round_to: round_to must be a positive integer")
+    assert error_of(path, ("method.round_to=8", "data.subset={train: 0}")).startswith("exp.yaml: data.subset: images per class must be >= 1")
+    assert load_recipe(path, overrides=["method.round_to=8", "data.subset={train: 5}"]).data.subset == {"train": 5}
+
+
 def test_several_errors_stay_one_line(tmp_path):
     message = error_of(write(tmp_path, "seed: x\ndata: {batch_size: y}\n"))
     assert message.endswith("(+1 more error)")
