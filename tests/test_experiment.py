@@ -287,3 +287,16 @@ def test_resume_continues_the_trainer_from_its_checkpoint(tmp_path, monkeypatch)
     assert m["status"] == "complete"
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r.get("stage") == "finetune0" and "epoch" in r] == [0, 1]
+
+
+def test_prune_command_scores_with_data(tmp_path, capsys):
+    out = tmp_path / "snip.pt"
+    args = ["prune", "resnet20", "--num-classes", "10", "--method", "snip", "--target", "sparsity=0.9", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 2
+    assert "pass --data NAME" in one_line_error(capsys)
+    assert main([*args, "--data", "synthetic", "--data-batches", "1", "--batch-size", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["achieved"]["sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert result["after"]["params"] == result["before"]["params"] and out.exists()
+    assert main([*args, "--data", "cifar11"]) == 2
+    assert "unknown dataset 'cifar11'" in one_line_error(capsys)

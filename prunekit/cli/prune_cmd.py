@@ -22,7 +22,26 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes for each latency median (default 10)")
     p.add_argument("--out", required=True, help="where to write the pruned model (prunekit.save format)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--data", default=None, metavar="NAME", help="dataset whose training batches score channels/weights, for methods that need data (snip, ...)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="data directory (default $PRUNEKIT_DATA, then the cache directory)")
+    p.add_argument("--data-batches", type=int, default=8, metavar="N", help="training batches the method may use (default 8)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch for --data (default 64)")
     p.set_defaults(func=run)
+
+
+def load_batches(args: Any) -> tuple[Any, tuple[int, ...]] | tuple[None, None]:
+    """Return (the first --data-batches training batches as a list, the dataset's C x H x W), or (None, None) without --data."""
+    if not args.data:
+        return None, None
+    import itertools
+
+    from prunekit import data
+
+    if args.data_batches < 1 or args.batch_size < 1:
+        raise UserError("--data-batches and --batch-size must be positive integers")
+    # Only the test split's first image per class is decoded: scoring needs training batches.
+    bundle = data.load(args.data, root=args.data_root, batch_size=args.batch_size, subset={"test": 1}, augment=False)
+    return list(itertools.islice(iter(bundle.train), args.data_batches)), tuple(bundle.input_shape)
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
@@ -59,12 +78,18 @@ def run(args: Any) -> int:
     # Validate everything the user typed before the slow part (loading, timing, pruning).
     options = parse_options(args.option)
     round_to = parse_round_to(args.round_to)
-    methods.create(args.method, target=args.target, ignore=args.ignore, round_to=round_to, **options)
+    method = methods.create(args.method, target=args.target, ignore=args.ignore, round_to=round_to, **options)
+    if method.needs_data and not args.data:
+        raise UserError(f"method {args.method!r} scores with data: pass --data NAME (e.g. --data cifar10; prunekit list datasets)")
+    batches, shape = load_batches(args)
+    if shape is not None and not args.input_size:
+        args.input_size = "x".join(str(d) for d in shape)
     model, x = load_model(args)
     structure.resolve_ignore(model, args.ignore)
     lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats))
     result = prunekit.prune(
-        model, method=args.method, target=args.target, example_inputs=x, ignore=args.ignore, round_to=round_to, **options
+        model, method=args.method, target=args.target, example_inputs=x, ignore=args.ignore, round_to=round_to,
+        data=batches, **options,
     )
     lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats))
     io.save(result.model, args.out)
