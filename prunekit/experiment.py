@@ -41,8 +41,7 @@ from prunekit.errors import UserError
 from prunekit.recipe import Recipe, TrainSettings
 
 STATE_DIR = "state"
-_RUN_FILES = ("recipe.yaml", "metrics.json", "log.jsonl", "report.md", "model.pt",
-              "training_curves.png", "channels_per_layer.png", "sparsity_per_layer.png")
+_RUN_FILES = ("recipe.yaml", "metrics.json", "log.jsonl", "report.md", "model.pt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +129,7 @@ class _Experiment:
             raise UserError(f"--out {out}: exists and is not a directory")
         metrics_path = out / report_mod.METRICS_FILE
         if not metrics_path.exists():
-            if out.exists() and any(p.name not in (*_RUN_FILES, STATE_DIR) for p in out.iterdir()):
+            if out.exists() and any(p.name not in (*_RUN_FILES, STATE_DIR) and p.suffix != ".png" for p in out.iterdir()):
                 raise UserError(f"--out {out}: not empty and not a prunekit run directory; choose another --out")
             out.mkdir(parents=True, exist_ok=True)
             return None
@@ -139,8 +138,8 @@ class _Experiment:
             if previous.get("status") == "complete":
                 raise UserError(f"{out} holds a complete run; pass --resume to keep it or --out NEW_DIR for a new run")
             # An unfinished run that is not resumed is started over from nothing.
-            for name in _RUN_FILES:
-                (out / name).unlink(missing_ok=True)
+            for path in [*(out / name for name in _RUN_FILES), *out.glob("*.png")]:
+                path.unlink(missing_ok=True)
             shutil.rmtree(self.state, ignore_errors=True)
             return None
         stored = out / "recipe.yaml"
@@ -326,6 +325,10 @@ class _Experiment:
         _seed_everything(self.recipe.seed + 1 + i)
         if r.from_scratch and i == 0:
             model = self._reinitialise(model)
+        if callable(getattr(method, "bind_run", None)):
+            # Methods that train or evaluate inside finalize (autorate) get the run's data and device.
+            method.bind_run(data=self.data, device=self.device, out_dir=self.out,
+                            eval_max_batches=self.recipe.eval.max_batches, progress=self.progress)
         model = method.at_init(model, example_inputs=self.example_inputs, data=self._batches())
         if epochs:
             model = self._train(model, settings=r.train, hooks=(method,), stage=stage)

@@ -300,6 +300,8 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = 
             if data is not None:
                 atomic_write(run_dir / name, data)
                 written.append(name)
+        # plots a method drew into the run directory itself (e.g. autorate's rates per round)
+        written += sorted(p.name for p in run_dir.glob("*.png") if p.name not in images)
     path = run_dir / REPORT_FILE
     atomic_write(path, render_markdown(metrics, plots=written).encode("utf-8"))
     return path
