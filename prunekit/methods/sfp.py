@@ -1,0 +1,225 @@
+"""Soft filter pruning (He et al., IJCAI 2018): zero the weakest filters, keep training them, remove at the end.
+
+Before training (`at_init`) and after every `every`-th epoch (`after_epoch`), each prunable
+channel group loses its `rate` fraction of lowest-L2-norm channels: their weights are set to
+zero in place, not masked, so the optimizer keeps updating them and a zeroed filter can grow back
+if training favours it. `finalize` zeroes once more and removes exactly the zero channels
+through Torch-Pruning's dependency graph.
+
+`rate` is the fraction PRUNED (the original code's `--rate` was the fraction kept).
+
+Channels are decided per dependency group (`structure.channel_groups`): the channels joined by a
+residual add are one group, scored by the L2 norm of all their coupled filters, so every layer of
+the group keeps the same set. Zeroing goes through `structure.zero_channels`, which clears the
+coupled filters, biases and norm-layer affine entries: the soft-pruned network then computes
+exactly what the network after removal computes, and regrowth comes from the optimizer's
+momentum (a zero filter behind a zero BN scale has no gradient of its own for one step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import structure
+from prunekit.errors import UserError
+from prunekit.methods.base import Batches, Method, register
+from prunekit.metrics import measure
+
+SCOPES = ("layer", "global")
+#: no group loses more than this fraction (structure.remove_channels' cap)
+MAX_RATIO = 0.95
+
+
+def filter_norms(group: structure.ChannelGroup) -> torch.Tensor:
+    """Return the L2 norm of each channel of `group` over all its coupled conv/linear filters (one value per root channel)."""
+    sq = torch.zeros(group.size, dtype=torch.float64)
+    graph = group.group._DG
+    for dep, idxs in group.group:
+        module = dep.target.module
+        if not isinstance(module, structure.ROOT_TYPES) or not graph.is_out_channel_pruning_fn(dep.handler):
+            continue
+        w = module.weight.detach()
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            w = w.transpose(0, 1)
+        rows = torch.tensor([int(getattr(i, "idx", i)) for i in idxs], dtype=torch.long, device=w.device)
+        roots = torch.tensor([int(getattr(i, "root_idx", k)) for k, i in enumerate(idxs)], dtype=torch.long)
+        per_row = w.index_select(0, rows).flatten(1).double().pow(2).sum(1).cpu()
+        sq.index_add_(0, roots, per_row)
+    return sq.sqrt()
+
+
+def n_pruned(size: int, rate: float, *, round_to: int | None = None) -> int:
+    """Return how many of `size` channels a layer loses at `rate`: round(rate * size), capped at 95%,
+    with the kept count rounded UP to a multiple of `round_to`."""
+    n = min(int(round(rate * size)), int(MAX_RATIO * size))
+    if round_to:
+        kept = min(size, int(math.ceil((size - n) / round_to) * round_to))
+        n = size - kept
+    return max(n, 0)
+
+
+@register
+class SoftFilterPruning(Method):
+    """Soft filter pruning; options `rate` (fraction pruned, default 0.3, or a channels target),
+    `every` (zero every k epochs, default 1) and `scope` ("layer" default, or "global")."""
+
+    name = "sfp"
+    kind = "structured"
+    units = ("channels",)
+    description = "soft filter pruning: zero the lowest-L2 filters every epoch, let them regrow, remove at the end (He et al. 2018)"
+
+    def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", **options: Any) -> dict[str, Any]:
+        if rate is not None and self.target is not None and abs(float(rate) - self.target.value) > 1e-12:
+            raise UserError(f"method 'sfp': option rate={rate} contradicts target {self.target}; give one of them")
+        if rate is None:
+            rate = self.target.value if self.target is not None else 0.3
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise UserError(f"method 'sfp': rate={rate!r} must be a number in (0, {MAX_RATIO}] (the fraction of filters pruned)") from None
+        if not 0.0 < rate <= MAX_RATIO:
+            raise UserError(f"method 'sfp': rate={rate} must be in (0, {MAX_RATIO}] (the fraction of filters pruned)")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise UserError(f"method 'sfp': every={every!r} must be a positive integer (zero every k epochs)")
+        if scope not in SCOPES:
+            raise UserError(f"method 'sfp': scope {scope!r} is not one of {', '.join(SCOPES)}")
+        if self.round_to == "auto":
+            # as prunekit.allocation does for channels targets: a per-group fraction stays exact
+            self.round_to = None
+        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
+            raise UserError(f"method 'sfp': round_to={self.round_to!r} must be a positive integer or auto")
+        super().configure(**options)
+        return {"rate": rate, "every": every, "scope": scope}
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._example: torch.Tensor | None = None
+        self._groups: list[structure.ChannelGroup] | None = None
+        self._groups_model: int | None = None
+        self.zeroings = 0
+        super().__init__(**kwargs)
+
+    # selection ---------------------------------------------------------------------------------
+    def _groups_of(self, model: nn.Module) -> list[structure.ChannelGroup]:
+        if self._example is None:
+            raise RuntimeError("sfp: call at_init(model, example_inputs=...) before the training hooks")
+        cached = self._groups is not None and self._groups_model == id(model)
+        if cached:
+            modules = dict(model.named_modules())
+            cached = all(modules.get(g.root_name) is g.root for g in self._groups)
+        if not cached:
+            x = self._example.to(next(model.parameters()).device)
+            with torch.enable_grad():  # Torch-Pruning traces with autograd; a hook may run under no_grad
+                self._groups = structure.channel_groups(model, x, ignore=self.ignore)
+            self._groups_model = id(model)
+        return self._groups
+
+    def select(self, model: nn.Module) -> dict[str, list[int]]:
+        """Return {root layer name: channel indices to zero}, the lowest-L2 channels of each group at `rate`."""
+        groups = self._groups_of(model)
+        norms = [filter_norms(g) for g in groups]
+        rate = self.options["rate"]
+        if self.options["scope"] == "layer":
+            counts = [n_pruned(g.size, rate, round_to=self.round_to) for g in groups]
+        else:
+            counts = self._global_counts(groups, norms, rate)
+        chosen = {}
+        for g, norm, n in zip(groups, norms, counts):
+            if n > 0:
+                chosen[g.root_name] = sorted(torch.argsort(norm, stable=True)[:n].tolist())
+        return chosen
+
+    def _global_counts(self, groups: list[structure.ChannelGroup], norms: list[torch.Tensor], rate: float) -> list[int]:
+        # One ranking of norms divided by their group's mean (layers differ in scale), at most
+        # MAX_RATIO of any group.
+        scaled = torch.cat([n / n.mean().clamp_min(1e-12) for n in norms])
+        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+        caps = [n_pruned(g.size, MAX_RATIO) for g in groups]
+        total = int(round(rate * sum(g.size for g in groups)))
+        counts = [0] * len(groups)
+        for idx in torch.argsort(scaled, stable=True).tolist():
+            if total == 0:
+                break
+            i = int(owner[idx])
+            if counts[i] < caps[i]:
+                counts[i] += 1
+                total -= 1
+        if self.round_to:
+            counts = [n_pruned(g.size, c / g.size, round_to=self.round_to) for g, c in zip(groups, counts)]
+        return counts
+
+    def soft_prune(self, model: nn.Module) -> dict[str, list[int]]:
+        """Zero the selected channels of `model` in place (coupled filters, biases, norm affines); return them."""
+        chosen = self.select(model)
+        if chosen:
+            x = self._example.to(next(model.parameters()).device)
+            with torch.enable_grad():
+                    structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()])
+        self.zeroings += 1
+        self.info["zeroed_channels"] = {name: len(idxs) for name, idxs in chosen.items()}
+        return chosen
+
+    # hooks ---------------------------------------------------------------------------------------
+    def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        self._example = example_inputs[:1].detach().clone()
+        self.soft_prune(model)
+        return model
+
+    def after_epoch(self, model: nn.Module, *, epoch: int) -> None:
+        if (epoch + 1) % self.options["every"] == 0:
+            self.soft_prune(model)
+
+    def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
+        """Zero once more, then remove exactly the zero channels through the dependency graph; return the model."""
+        self._example = example_inputs[:1].detach().clone()
+        x = self._example.to(next(model.parameters()).device)
+        before = measure(model, x)
+        chosen = self.soft_prune(model)
+        sizes = {g.root_name: g.size for g in self._groups_of(model)}
+        if chosen:
+            # Per-group fraction set half a channel below the count, so that Torch-Pruning's
+            # int(size * (1 - ratio)) keeps exactly size - n; the importance puts the zeroed
+            # channels first.
+            ratios = {name: (len(idxs) - 0.5) / sizes[name] for name, idxs in chosen.items()}
+            structure.remove_channels(
+                model, x, importance=_ChosenFirst(model, chosen), ratios=ratios, ignore=self.ignore,
+                round_to=None, allocation="uniform",
+            )
+        self._groups = None
+        after = measure(model, x)
+        self.info.update({
+            "rate": self.options["rate"],
+            "scope": self.options["scope"],
+            "every": self.options["every"],
+            "zeroings": self.zeroings,
+            "removed_channels": {name: len(idxs) for name, idxs in chosen.items()},
+            "params_before": before.params, "params_after": after.params,
+            "macs_before": before.macs, "macs_after": after.macs,
+            "achieved": {"params": 1 - after.params / before.params, "macs": 1 - after.macs / before.macs if before.macs else 0.0},
+        })
+        return model
+
+    # resume --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"zeroings": self.zeroings}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.zeroings = int(state.get("zeroings", 0))
+
+
+class _ChosenFirst:
+    """Importance that scores the chosen channels of each group 0 and the others 1 (lowest are removed)."""
+
+    def __init__(self, model: nn.Module, chosen: dict[str, list[int]]) -> None:
+        self._chosen = {model.get_submodule(name): idxs for name, idxs in chosen.items()}
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        root = group[0].dep.target.module
+        scores = torch.ones(len(group[0].idxs))
+        idxs = self._chosen.get(root)
+        if idxs:
+            scores[torch.tensor(idxs, dtype=torch.long)] = 0.0
+        return scores
