@@ -8,6 +8,8 @@ from prunekit.methods import magnitude  # noqa: E402,F401
 from prunekit.methods import slimming  # noqa: E402,F401  network slimming
 from prunekit.methods import snip  # noqa: E402,F401  snip, snip_channel, grasp, synflow
 from prunekit.methods import double  # noqa: E402,F401  slimming then magnitude
+from prunekit.methods import sfp  # noqa: E402,F401  soft filter pruning
+from prunekit.methods import svd  # noqa: E402,F401  SVD low-rank training
 from prunekit.methods import autorate  # noqa: E402,F401  automatic per-layer rates (Sakai et al.)
 
 __all__ = ["METHODS", "Method", "create", "list_methods", "register"]
