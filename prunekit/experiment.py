@@ -100,6 +100,15 @@ class _Experiment:
         if previous is not None and previous.get("status") == "complete":
             self.console.print(f"{self.out}: already complete, nothing to resume")
             return previous
+        threads_before = torch.get_num_threads()
+        if self.recipe.threads:
+            torch.set_num_threads(self.recipe.threads)
+        try:
+            return self._run(previous)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         self.metrics = self._initial_metrics(previous)
         self._write_metrics()
         from prunekit.io import atomic_write
@@ -169,6 +178,7 @@ class _Experiment:
             "model": r.model.name,
             "seed": r.seed,
             "device": self.device,
+            "threads": torch.get_num_threads(),
             "started_at": _now(),
             "completed_stages": [],
             "wall_time_s": {},
@@ -397,6 +407,8 @@ class _Experiment:
         lat_before = bench.latency(baseline_model, self.example_inputs, **lat)
         lat_after = bench.latency(model, self.example_inputs, **lat)
         lat_info = {"latency_device": self.latency_device, "latency_batch_size": e.latency_batch_size, "latency_repeats": e.latency_repeats}
+        if self.latency_device == "cpu":
+            lat_info["latency_threads"] = torch.get_num_threads()
         base = self.metrics["baseline"]
         base.update({"latency_ms": lat_before, **lat_info})
         final = {**result, **_measure_dict(after, result["top1"]), "latency_ms": lat_after, **lat_info}

@@ -168,6 +168,7 @@ class Recipe(_Section):
     name: str = Field("run", description="default: the recipe file's stem; names the default run directory")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (training and latency); default torch's own")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     baseline: BaselineSection = Field(default_factory=BaselineSection)

@@ -140,7 +140,9 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
         if key not in base and key not in final:
             continue
         if key == "latency_ms":
-            label = f"latency (ms, {lat_dev}, batch {lat_bs}, measured median)"
+            threads = final.get("latency_threads") or base.get("latency_threads")
+            where = f"{lat_dev}, {threads} thread{'s' if threads != 1 else ''}" if threads else lat_dev
+            label = f"latency (ms, {where}, batch {lat_bs}, measured median)"
         ratio = "-" if key in ("top1", "top5", "loss", "netscore", "netscore_nonzero") else _ratio(base.get(key), final.get(key))
         if key in ("top1", "top5") and base.get(key) is not None and final.get(key) is not None:
             ratio = f"{final[key] - base[key]:+.2f} pts"

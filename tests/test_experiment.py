@@ -20,6 +20,7 @@ from prunekit.report import compare_table, read_metrics
 TINY = {
     "name": "tiny",
     "device": "cpu",
+    "threads": 1,
     "data": {
         "name": "synthetic",
         "batch_size": 32,
@@ -93,6 +94,7 @@ def test_metrics_are_consistent(complete_run):
         assert k in base and k in final, k
     assert final["params"] < base["params"] and final["macs"] < base["macs"]
     assert final["latency_device"] == "cpu" and final["latency_batch_size"] == 1 and final["latency_ms"] > 0
+    assert m["threads"] == 1 and final["latency_threads"] == 1
     assert 0 <= final["top1"] <= 100 and final["images"] == 32
     a = m["achieved"]
     assert set(a) >= {"channels", "params", "macs", "sparsity", "latency", "accuracy_drop"}
@@ -129,7 +131,7 @@ def test_log_and_resolved_recipe(complete_run):
 
 def test_report_md_says_what_it_measured(complete_run):
     text = (complete_run / "report.md").read_text()
-    assert "latency (ms, cpu, batch 1, measured median)" in text
+    assert "latency (ms, cpu, 1 thread, batch 1, measured median)" in text
     assert "| macs | 0.5 |" in text
     assert "NetScore = 20 log10" in text
     assert "![training curves](training_curves.png)" in text

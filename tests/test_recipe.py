@@ -61,7 +61,7 @@ def test_unknown_key_lists_allowed_fields(tmp_path):
     message = error_of(write(tmp_path, "data:\n  name: cifar10\n  batchsize: 64\n"))
     assert message.startswith("exp.yaml: data.batchsize: unknown field 'batchsize' (allowed: name, root, subset,")
     message = error_of(write(tmp_path, "metod: {}\n"))
-    assert message.startswith("exp.yaml: metod: unknown field 'metod' (allowed: name, seed, device, data, model,")
+    assert message.startswith("exp.yaml: metod: unknown field 'metod' (allowed: name, seed, device, threads, data, model,")
 
 
 def test_bad_target_and_choice(tmp_path):
