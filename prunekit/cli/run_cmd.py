@@ -34,5 +34,25 @@ def run(args: Any) -> int:
     recipe = load_recipe(args.recipe, overrides=overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     metrics = run_experiment(recipe, out_dir=out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if not args.quiet:
+        print_summary(metrics)
     print(f"report: {out / 'report.md'}")
     return 0 if metrics.get("status") == "complete" else 1
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """Print the baseline-vs-final table of a complete run (the head of its report.md)."""
+    from prunekit.cli.common import print_table
+    from prunekit.report import human
+
+    base, final = metrics["baseline"], metrics["final"]
+    lat = f"latency (ms, {final['latency_device']}, batch {final['latency_batch_size']}, measured)"
+    rows = []
+    for key, label, fmt in (("top1", "top-1 (%)", "{:.2f}"), ("params", "parameters", None), ("nonzero_params", "non-zero parameters", None),
+                            ("macs", "MACs per image", None), ("latency_ms", lat, "{:.2f}"), ("netscore", "NetScore", "{:.2f}")):
+        b, f = base.get(key), final.get(key)
+        show = (lambda v: "-" if v is None else fmt.format(v)) if fmt else human
+        rows.append([label, show(b), show(f)])
+    print_table(f"{metrics['recipe']}: {metrics['method']} to {metrics.get('target') or '-'}", ["", "baseline", "final"], rows)
+    if (final.get("sparsity") or 0) > 0.001:
+        print("note: zeroed weights reduce non-zero params and MACs, not dense latency")
