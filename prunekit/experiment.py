@@ -403,9 +403,7 @@ class _Experiment:
         baseline_model = self._load_stage_model(self.state / "baseline.pt").eval()
         before = metrics.measure(baseline_model, self.example_inputs)
         e = self.recipe.eval
-        lat = dict(device=self.latency_device, batch_size=e.latency_batch_size, repeats=e.latency_repeats)
-        lat_before = bench.latency(baseline_model, self.example_inputs, **lat)
-        lat_after = bench.latency(model, self.example_inputs, **lat)
+        lat_before, lat_after = _interleaved_latency(bench, baseline_model, model, self.example_inputs, e, self.latency_device)
         lat_info = {"latency_device": self.latency_device, "latency_batch_size": e.latency_batch_size, "latency_repeats": e.latency_repeats}
         if self.latency_device == "cpu":
             lat_info["latency_threads"] = torch.get_num_threads()
@@ -491,6 +489,24 @@ class _Experiment:
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         return model
+
+
+def _interleaved_latency(bench: Any, first: nn.Module, second: nn.Module, example_inputs: torch.Tensor,
+                         e: Any, device: str) -> tuple[float, float]:
+    """Return the median latencies (ms) of two models timed in alternating rounds.
+
+    Alternating spreads any drift of the machine's load (other jobs, clocks) over both models
+    instead of charging it to whichever was timed second.
+    """
+    import statistics
+
+    rounds = min(5, e.latency_repeats)
+    per_round = max(1, e.latency_repeats // rounds)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for model, out in ((first, times[0]), (second, times[1])):
+            out.append(bench.latency(model, example_inputs, device=device, batch_size=e.latency_batch_size, repeats=per_round))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _masks_path(path: Path) -> Path:
