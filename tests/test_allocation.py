@@ -139,8 +139,8 @@ def test_profile_layers_attributes_time_to_layers():
     rows, total = allocation.profile_layers(model, X, repeats=3, warmup=1)
     names = [r.name for r in rows]
     assert names[:3] == ["0", "1", "2"] and "11" in names
-    assert total > 0 and all(r.ms >= 0 for r in rows)
-    assert sum(r.share for r in rows) <= 1.0 + 1e-6
+    # a layer's time is within its pass's time every pass, so its median is within the total's
+    assert total > 0 and all(0 <= r.ms <= total + 1e-9 and r.share == pytest.approx(r.ms / total) for r in rows)
 
 
 def test_analyze_latency_flag(capsys):
