@@ -10,7 +10,8 @@ For each model and MACs target, side by side in one run:
                  *measured time* removed on the device (the speedup the MACs target promises).
 
 speedup = dense ms / pruned ms; efficiency = speedup / (dense MACs / pruned MACs) (1.0 = the time
-fell exactly as the MACs did). CPU at batch 1 always (`--threads`, default 2); on CUDA, bf16
+fell exactly as the MACs did); both from the medians and from the fastest runs (on a shared
+machine other processes only add time, and they add more, relatively, to fast models). CPU at batch 1 always (`--threads`, default 2); on CUDA, bf16
 autocast and channels_last at batch 1024 (resnet18, 32x32) or 128 (224x224), eager and
 torch.compile'd. Latencies are medians of interleaved rounds (every variant is timed in every
 round, so drifting load on a shared machine hits them alike); `spread` is (p75 - p25) / median.
@@ -200,15 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     say(f"{name} macs={t} on {dev.type}{' compiled' if compiled else ''}: timing")
                     fns = {k: forward_fn(v, x, device=dev, batch=batch, compile=compiled) for k, v in variants.items()}
                     times = time_variants(fns, device=dev, rounds=args.rounds, per_round=args.per_round)
-                    base_ms = times["dense"]["median_ms"]
+                    base_ms, base_min = times["dense"]["median_ms"], times["dense"]["min_ms"]
                     for k, v in variants.items():
                         m = dense_m if k == "dense" else measure(v, x)
                         speedup = base_ms / times[k]["median_ms"]
+                        speedup_min = base_min / times[k]["min_ms"]
                         mac_ratio = dense_m.macs / m.macs
                         row = {
                             "model": name, "target": f"macs={t}", "variant": k, "device": dev.type, "batch": batch,
                             "mode": "compiled" if compiled else "eager", "macs": m.macs, "params": m.params,
                             "macs_removed": 1 - m.macs / dense_m.macs, "speedup": speedup, "efficiency": speedup / mac_ratio,
+                            "speedup_min": speedup_min, "efficiency_min": speedup_min / mac_ratio,
                             "multiples_of_8": multiples_of(v, 8), **times[k],
                         }
                         if k == "prunekit":
@@ -231,16 +234,17 @@ def print_block(rows: list[dict[str, Any]]) -> None:
         print(table_row(r), flush=True)
 
 
-HEADER = ("| model | target | device | batch | mode | variant | MACs removed | ms (median) | spread | speedup | efficiency | round_to |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | target | device | batch | mode | variant | MACs removed | ms median (spread) | ms min | "
+          "speedup (median) | efficiency (median) | speedup (min) | efficiency (min) | round_to |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_row(r: dict[str, Any]) -> str:
     rt = r.get("round_to") or {}
     rt_text = "-" if r["variant"] in ("dense", "tp-default") else (str(rt.get("value")) if rt else "?")
     return (f"| {r['model']} | {r['target']} | {r['device']} | {r['batch']} | {r['mode']} | {r['variant']} | "
-            f"{100 * r['macs_removed']:.1f}% | {r['median_ms']:.2f} | {100 * r['spread']:.0f}% | {r['speedup']:.2f}x | "
-            f"{r['efficiency']:.2f} | {rt_text} |")
+            f"{100 * r['macs_removed']:.1f}% | {r['median_ms']:.2f} ({100 * r['spread']:.0f}%) | {r['min_ms']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['efficiency']:.2f} | {r['speedup_min']:.2f}x | {r['efficiency_min']:.2f} | {rt_text} |")
 
 
 def main(argv: list[str] | None = None) -> int:

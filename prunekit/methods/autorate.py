@@ -17,6 +17,8 @@ Follows the reference code (FujitsuResearch/automatic_pruning, auto_prune_cifar1
    is retrained an epoch at a time until acc_after + acc_control > acc_before (acc_control is the
    `accuracy_drop` target); accepted, it replaces the model, its loss and sensitivities are
    recomputed and the upper bound grows; rejected, the model stays and the bound shrinks.
+   (One saving over the reference: a candidate identical to one already rejected from the same
+   model is rejected again without retraining; the bound moves as if it had been.)
 5. Repeat until every rate is 0, the bound goes negative, or the budget (`rounds`,
    `epochs_per_round`, `max_epochs`) ends.
 
@@ -388,6 +390,7 @@ def search(
     limit = 0.0
     accepted_last = False
     epochs_used = 0
+    rejected: dict[tuple[tuple[str, int], ...], int] = {}  # candidates rejected from the current model
     say(f"autorate: baseline top-1 {acc_before:.2f}%, loss {loss_before:.4f}, {len(groups)} groups, {len(layers)} layers")
     for index in range(1, config.rounds + 1):
         if config.max_epochs is not None and epochs_used >= config.max_epochs:
@@ -421,6 +424,20 @@ def search(
             say(f"round {index}: all rates are 0, search finished")
             break
         removed = {g.root_name: removed_count(g.size, group_rates[g.root_name], round_to=config.round_to) for g in groups}
+        key = tuple(sorted(removed.items()))
+        if key in rejected:
+            # The same candidate from the same model was rejected already: retraining it again
+            # (deterministically) would end the same way, so only the bound moves.
+            record.update(accepted=False, removed=removed, top1=[], epochs=0, note=f"same candidate as round {rejected[key]}")
+            say(f"round {index}: same candidate as round {rejected[key]}, rejected without retraining")
+            upper_bound = update_upper_bound(upper_bound, accepted=False, ediffs={n: c.ediff_dec for n, c in choices.items()},
+                                             thresholds=th, scaling_factor=config.scaling_factor, limit=limit)
+            accepted_last = False
+            info["rounds"].append(record)
+            if upper_bound < 0:
+                info["stopped"] = "upper bound below 0"
+                break
+            continue
         ratios = {name: _exact_fraction(r, next(g.size for g in groups if g.root_name == name)) for name, r in removed.items() if r > 0}
         trial = copy.deepcopy(current)
         structure.remove_channels(trial, example_inputs, importance=FilterL1Importance(), ratios=ratios, ignore=ignore, round_to=None)
@@ -442,6 +459,7 @@ def search(
         say(f"round {index}: {sum(removed.values())} channels from {sum(1 for r in removed.values() if r)} groups, "
             f"top-1 {accs[-1] if accs else float('nan'):.2f}% after {len(accs)} epoch(s): {'accepted' if accepted else 'rejected'}")
         if accepted:
+            rejected.clear()
             current = trial
             final_acc = accs[-1]
             groups, layers = _prunable(current, example_inputs, ignore)
@@ -452,6 +470,7 @@ def search(
             upper_bound = update_upper_bound(upper_bound, accepted=True, ediffs={n: c.ediff_inc for n, c in choices.items()},
                                              thresholds=th, scaling_factor=config.scaling_factor, limit=limit)
         else:
+            rejected[key] = index
             upper_bound = update_upper_bound(upper_bound, accepted=False, ediffs={n: c.ediff_dec for n, c in choices.items()},
                                              thresholds=th, scaling_factor=config.scaling_factor, limit=limit)
         accepted_last = accepted
