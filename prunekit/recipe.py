@@ -238,29 +238,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_recipe(path: str | os.PathLike[str], *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Return the validated `Recipe` of the YAML file at `path` with `overrides` applied.
-
-    Raises `UserError` (one line: file, dotted field path, what is allowed) on any mistake.
-    """
+def read_yaml_mapping(path: str | os.PathLike[str], *, what: str = "recipe") -> dict[str, Any]:
+    """Return the top-level mapping of the YAML file at `path` (an empty file gives {}); `UserError` otherwise."""
     path = Path(path)
     label = path.name
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"recipe {str(path)!r} not found") from None
+        raise UserError(f"{what} {str(path)!r} not found") from None
     except OSError as err:
-        raise UserError(f"recipe {str(path)!r} cannot be read: {err.strerror}") from None
+        raise UserError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{label}: not valid YAML: {_first_line(err)}") from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
-        raise UserError(f"{label}: the top level must be a mapping of sections (data, model, method, ...)")
-    data.setdefault("name", path.stem)
-    return recipe_from_dict(data, overrides=overrides, source=label)
+        raise UserError(f"{label}: the top level must be a mapping of sections")
+    return data
+
+
+def load_recipe(path: str | os.PathLike[str], *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Return the validated `Recipe` of the YAML file at `path` with `overrides` applied.
+
+    Raises `UserError` (one line: file, dotted field path, what is allowed) on any mistake.
+    """
+    data = read_yaml_mapping(path)
+    data.setdefault("name", Path(path).stem)
+    return recipe_from_dict(data, overrides=overrides, source=Path(path).name)
 
 
 def recipe_from_dict(
@@ -272,7 +278,7 @@ def recipe_from_dict(
     try:
         recipe = Recipe.model_validate(merged)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, source=source, set_keys=set_keys)) from None
+        raise UserError(format_validation_error(err, source=source, set_keys=set_keys)) from None
     recipe._source = source
     _resolve_paths(recipe)
     return recipe
@@ -293,9 +299,9 @@ def _first_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Return the schema class that owns the field at `loc` (its parent section)."""
-    cls: type[BaseModel] = Recipe
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """Return the schema class that owns the field at `loc` (its parent section) below `root`."""
+    cls: type[BaseModel] = root
     for part in loc[:-1]:
         field = cls.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -309,15 +315,19 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|function-[a-z]+|[a-z]+\[.*\])$")
 
 
-def _format_validation_error(err: ValidationError, *, source: str, set_keys: set[str]) -> str:
-    errors = err.errors(include_url=False)
+def format_validation_error(
+    err: ValidationError, *, source: str, set_keys: set[str] = frozenset(), root: type[BaseModel] = Recipe
+) -> str:
+    """Return ONE line for a pydantic error of schema `root`: "SOURCE: dotted.path: what is wrong (allowed ...)"."""
+    # A misspelt key shows up twice, as unknown and as a required field missing: name the typo.
+    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
     paths = [tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p))) for e in errors]
     loc = paths[0]
     same = [e for e, p in zip(errors, paths) if p == loc]  # one per union branch
     path = ".".join(str(p) for p in loc) or "(top level)"
     first = same[0]
     if first["type"] == "extra_forbidden":
-        owner = _model_at(loc)
+        owner = _model_at(loc, root)
         allowed = ", ".join(owner.model_fields) if owner else "?"
         message = f"unknown field {str(loc[-1])!r} (allowed: {allowed})"
     else:

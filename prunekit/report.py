@@ -205,7 +205,8 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
 
 
 # plots ---------------------------------------------------------------------------------------
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """Return the matplotlib figure `fig` as PNG bytes, and close it."""
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -251,7 +252,7 @@ def plot_training(log: list[dict[str, Any]]) -> bytes | None:
         if ax.lines:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
@@ -280,7 +281,7 @@ def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
     if what == "channels":
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:

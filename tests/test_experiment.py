@@ -302,3 +302,32 @@ def test_prune_command_scores_with_data(tmp_path, capsys):
     assert result["after"]["params"] == result["before"]["params"] and out.exists()
     assert main([*args, "--data", "cifar11"]) == 2
     assert "unknown dataset 'cifar11'" in one_line_error(capsys)
+
+
+def test_study_runs_the_grid_resumably(tmp_path, capsys):
+    base = recipe_file(tmp_path, baseline={"train": {"epochs": 0}}, finetune={"epochs": 0})
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "grid", "recipe": str(base), "set": ["eval.latency_repeats=1"],
+        "grid": {"method.name": ["l1_filter"], "method.target": ["macs=0.3", "macs=0.5"]},
+    }))
+    out = tmp_path / "study"
+    assert main(["study", str(study), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    runs = {p.name for p in out.iterdir() if p.is_dir()}
+    assert runs == {"l1_filter-macs0.3", "l1_filter-macs0.5"}
+    achieved = {r: read_metrics(out / r)["achieved"]["macs"] for r in runs}
+    assert achieved["l1_filter-macs0.3"] < achieved["l1_filter-macs0.5"]
+    assert load_recipe(out / "l1_filter-macs0.5" / "recipe.yaml").name == "grid-l1_filter-macs0.5"
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert printed.count("| complete | l1_filter |") == 2 and "study.md" in printed
+    kept = (out / "l1_filter-macs0.3" / "metrics.json").read_bytes()
+    assert main(["study", str(study), "--out", str(out), "--quiet"]) == 0  # complete runs are kept
+    assert (out / "l1_filter-macs0.3" / "metrics.json").read_bytes() == kept
+    capsys.readouterr()
+    study.write_text(yaml.safe_dump({"name": "grid", "recipe": str(base), "grd": {}}))
+    assert main(["study", str(study)]) == 2
+    assert "study.yaml: grd: unknown field 'grd' (allowed: name, recipe, set, grid)" in one_line_error(capsys)
+    study.write_text(yaml.safe_dump({"name": "grid", "recipe": str(base), "grid": {"method.targt": ["macs=0.3"]}}))
+    assert main(["study", str(study)]) == 2
+    assert "tiny.yaml: method.targt: unknown field 'targt'" in one_line_error(capsys)

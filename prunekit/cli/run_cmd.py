@@ -1,4 +1,5 @@
-"""`prunekit run RECIPE [--set k=v]... [--out DIR] [--resume] [--device cpu|cuda] [--data-root DIR]`."""
+"""`prunekit run RECIPE [--set k=v]... [--out DIR] [--resume] [--device cpu|cuda] [--data-root DIR]`
+and `prunekit study STUDY [--set k=v]... [--out DIR] [--device cpu|cuda] [--data-root DIR]`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="data directory (same as --set data.root=DIR; default $PRUNEKIT_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
+
+    s = sub.add_parser(
+        "study",
+        help="run a recipe over a grid of overrides (resumable) into one table and plot",
+        description="Run every combination of a study file's grid (see docs/recipes.md) into DIR/<combination>, "
+        "keeping complete runs and resuming unfinished ones; writes DIR/study.md and DIR/tradeoff.png.",
+    )
+    s.add_argument("study", metavar="STUDY", help="a study YAML file: name, recipe, set, grid")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field in every run (after the study's own; repeatable)")
+    s.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/<study name>)")
+    s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the recipes' device")
+    s.add_argument("--data-root", default=None, metavar="DIR", help="data directory for every run")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=run_study)
 
 
 def run(args: Any) -> int:
@@ -56,3 +72,16 @@ def print_summary(metrics: dict[str, Any]) -> None:
     print_table(f"{metrics['recipe']}: {metrics['method']} to {metrics.get('target') or '-'}", ["", "baseline", "final"], rows)
     if (final.get("sparsity") or 0) > 0.001:
         print("note: zeroed weights reduce non-zero params and MACs, not dense latency")
+
+
+def run_study(args: Any) -> int:
+    from prunekit.study import run_study as run_grid
+
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    result = run_grid(args.study, out_dir=args.out, device=args.device, overrides=overrides, progress=not args.quiet)
+    print(result["table"], end="")
+    failed = {slug: status for slug, status in result["runs"].items() if status != "complete"}
+    for slug, status in failed.items():
+        print(f"not complete: {slug}: {status}")
+    print(f"study: {Path(result['out']) / 'study.md'}")
+    return 1 if failed else 0
