@@ -25,6 +25,7 @@ import json
 import math
 import random
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import fields
@@ -32,12 +33,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
+from rich.console import Console
 from torch import nn
 
+from prunekit import bench, data, io, masks, methods, metrics, models, train
 from prunekit import report as report_mod
 from prunekit._version import __version__
-from prunekit.errors import UserError
+from prunekit.errors import UserError, unknown_name
 from prunekit.recipe import Recipe, TrainSettings
 
 STATE_DIR = "state"
@@ -75,17 +80,13 @@ class _Experiment:
             else _resolve_device(recipe.eval.latency_device, recipe, "eval.latency_device")
         )
         self.progress = progress
-        from rich.console import Console
-
         self.console = Console(highlight=False, quiet=not progress)
         self.metrics: dict[str, Any] = {}
 
     # the run -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from prunekit import methods
-
         # Every mistake the recipe can hold is reported before the run directory is touched.
-        self.method = self._create_method(methods)
+        self.method = self._create_method()
         self.stage_methods = list(getattr(self.method, "stages", None) or [self.method])
         self.composite = len(getattr(self.method, "stages", None) or []) > 0
         self._check_names()
@@ -111,10 +112,7 @@ class _Experiment:
     def _run(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         self.metrics = self._initial_metrics(previous)
         self._write_metrics()
-        from prunekit.io import atomic_write
-
-        atomic_write(self.out / "recipe.yaml", self.recipe.resolved_yaml().encode("utf-8"))
-        start = time.perf_counter()
+        io.atomic_write(self.out / "recipe.yaml", self.recipe.resolved_yaml().encode("utf-8"))
         try:
             self._load_data()
             model = self._baseline_stage()
@@ -125,7 +123,6 @@ class _Experiment:
         except BaseException as err:
             self.metrics["status"] = "failed"
             self.metrics["error"] = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {' '.join(str(err).split())}"
-            self._wall("total_this_session", start)
             self._write_metrics()
             self._log({"event": "failed", "stage": self.metrics.get("stage"), "error": self.metrics["error"]})
             raise
@@ -153,8 +150,6 @@ class _Experiment:
             return None
         stored = out / "recipe.yaml"
         if stored.exists():
-            import yaml
-
             diff = _first_difference(yaml.safe_load(stored.read_text(encoding="utf-8")), self.recipe.to_dict())
             if diff is not None:
                 raise UserError(
@@ -192,10 +187,8 @@ class _Experiment:
         return metrics
 
     def _write_metrics(self) -> None:
-        from prunekit.io import atomic_write
-
         text = json.dumps(_finite(self.metrics), indent=2, default=_jsonable, allow_nan=False)
-        atomic_write(self.out / report_mod.METRICS_FILE, text.encode("utf-8"))
+        io.atomic_write(self.out / report_mod.METRICS_FILE, text.encode("utf-8"))
 
     def _log(self, row: dict[str, Any]) -> None:
         # Append-only JSON lines: a torn last line (kill mid-write) is skipped by the reader.
@@ -222,7 +215,7 @@ class _Experiment:
         self.console.print(f"[bold cyan][{order.index(stage) + 1}/{len(order)}] {stage}[/]: {text}")
 
     # names, method, device ----------------------------------------------------------------------
-    def _create_method(self, methods: Any) -> Any:
+    def _create_method(self) -> Any:
         m = self.recipe.method
         field = "method.name" if m.name not in methods.list_methods() else "method"
         try:
@@ -231,17 +224,11 @@ class _Experiment:
             raise self.recipe.field_error(field, str(err)) from None
 
     def _check_names(self) -> None:
-        from prunekit import data, models
-
         name = self.recipe.data.name
         known = data.list_datasets()
         if name not in known and name.partition(":")[0] not in known:
-            from prunekit.errors import unknown_name
-
             raise self.recipe.field_error("data.name", str(unknown_name("dataset", name, known)))
         if self.recipe.model.name not in models.list_models():
-            from prunekit.errors import unknown_name
-
             raise self.recipe.field_error("model.name", str(unknown_name("model", self.recipe.model.name, models.list_models())))
         for path, value in (("model.weights", self.recipe.model.weights), ("baseline.checkpoint", self.recipe.baseline.checkpoint)):
             if value is not None and not Path(value).is_file():
@@ -249,8 +236,6 @@ class _Experiment:
 
     # stages -------------------------------------------------------------------------------------
     def _load_data(self) -> None:
-        from prunekit import data
-
         d = self.recipe.data
         try:
             self.data = data.load(
@@ -266,8 +251,6 @@ class _Experiment:
         return _Batches(self.data.train, self.recipe.method.data_batches)
 
     def _build_model(self, *, weights: str | None) -> nn.Module:
-        from prunekit import models
-
         m = self.recipe.model
         try:
             return models.create(
@@ -278,8 +261,6 @@ class _Experiment:
             raise self.recipe.field_error("model", str(err)) from None
 
     def _baseline_stage(self) -> nn.Module:
-        from prunekit import io
-
         path = self.state / "baseline.pt"
         if self._done("baseline"):
             self.console.print("[bold cyan]baseline[/]: done before, loaded from state/baseline.pt")
@@ -306,8 +287,6 @@ class _Experiment:
         return model
 
     def _load_checkpoint(self, path: str) -> nn.Module:
-        from prunekit import io, models
-
         obj = models.read_torch_file(path)
         if isinstance(obj, dict) and obj.get("format") == io.FORMAT:
             return io.load(path)
@@ -318,8 +297,6 @@ class _Experiment:
         return f"{kind}{i}"
 
     def _method_stage(self, i: int, method: Any, model: nn.Module) -> nn.Module:
-        from prunekit import io
-
         stage = self._stage_name("method", i)
         path = self.state / f"{stage}.pt"
         if self._done(stage):
@@ -345,9 +322,7 @@ class _Experiment:
         model = method.finalize(model, example_inputs=self.example_inputs, data=self._batches())
         model = model.to(self.device)
         self._save_stage_model(model, path)
-        from prunekit.io import atomic_torch_save
-
-        atomic_torch_save(method.state_dict(), self.state / f"{stage}_method_state.pt")
+        io.atomic_torch_save(method.state_dict(), self.state / f"{stage}_method_state.pt")
         seconds = self._wall(stage, start)
         measured = _measure(model, self.example_inputs)
         self.console.print(
@@ -363,8 +338,6 @@ class _Experiment:
             method.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
 
     def _finetune_stage(self, i: int, method: Any, model: nn.Module) -> nn.Module:
-        from prunekit import io
-
         stage = self._stage_name("finetune", i)
         path = self.state / f"{stage}.pt"
         if self._done(stage):
@@ -393,8 +366,6 @@ class _Experiment:
         return model
 
     def _final_stage(self, model: nn.Module) -> None:
-        from prunekit import bench, io, masks, metrics
-
         self._begin("final", f"evaluate, measure, latency on {self.latency_device} (batch {self.recipe.eval.latency_batch_size})")
         start = time.perf_counter()
         model = masks.make_permanent(model).eval()
@@ -420,9 +391,8 @@ class _Experiment:
         io.save(model, self.out / "model.pt")
         self._wall("final", start)
         self.metrics["wall_time_s"]["total"] = round(
-            sum(v for k, v in self.metrics["wall_time_s"].items() if k not in ("total", "total_this_session")), 3
+            sum(v for k, v in self.metrics["wall_time_s"].items() if k != "total"), 3
         )
-        self.metrics["wall_time_s"].pop("total_this_session", None)
         self.metrics["completed_stages"].append("final")
         self.metrics["status"] = "complete"
         self.metrics["stage"] = None
@@ -439,8 +409,6 @@ class _Experiment:
 
     # helpers --------------------------------------------------------------------------------------
     def _train(self, model: nn.Module, *, settings: TrainSettings, hooks: tuple[Any, ...], stage: str) -> nn.Module:
-        from prunekit import train
-
         kwargs = _train_kwargs(settings)
         if kwargs["eval_max_batches"] is None:
             kwargs["eval_max_batches"] = self.recipe.eval.max_batches
@@ -455,24 +423,18 @@ class _Experiment:
         return result.model
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        from prunekit import train
-
         result = train.evaluate(
             model, self.data.test, device=self.device, amp=self.recipe.finetune.amp, max_batches=self.recipe.eval.max_batches
         )
         return {"top1": float(result["top1"]), "top5": float(result["top5"]), "loss": float(result["loss"]), "images": int(result["images"])}
 
     def _save_stage_model(self, model: nn.Module, path: Path) -> None:
-        from prunekit import io, masks
-
         # io.save bakes masks into the weights; keep them apart so that a resumed fine-tune
         # still holds the pruned weights at zero.
         io.atomic_torch_save(masks.get_masks(model), _masks_path(path))
         io.save(model, path)
 
     def _load_stage_model(self, path: Path) -> nn.Module:
-        from prunekit import io, masks
-
         model = io.load(path)
         saved = torch.load(_masks_path(path), weights_only=True, map_location="cpu")
         if saved:
@@ -498,8 +460,6 @@ def _interleaved_latency(bench: Any, first: nn.Module, second: nn.Module, exampl
     Alternating spreads any drift of the machine's load (other jobs, clocks) over both models
     instead of charging it to whichever was timed second.
     """
-    import statistics
-
     rounds = min(5, e.latency_repeats)
     per_round = max(1, e.latency_repeats // rounds)
     times: tuple[list[float], list[float]] = ([], [])
@@ -526,8 +486,6 @@ class _Batches:
 
 # pure helpers -----------------------------------------------------------------------------------
 def _train_kwargs(settings: TrainSettings) -> dict[str, Any]:
-    from prunekit import train
-
     names = {f.name for f in fields(train.TrainConfig)}
     values = settings.model_dump()
     unknown = set(values) - names
@@ -549,17 +507,10 @@ def _resolve_device(name: str, recipe: Recipe, path: str) -> str:
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+    np.random.seed(seed % 2**32)
 
 
 def _measure(model: nn.Module, example_inputs: torch.Tensor, *, top1: float | None = None) -> dict[str, Any]:
-    from prunekit import metrics
-
     return _measure_dict(metrics.measure(model, example_inputs), top1)
 
 
@@ -569,8 +520,6 @@ def _measure_dict(measured: Any, top1: float | None) -> dict[str, Any]:
 
 
 def _netscores(d: dict[str, Any], top1: float) -> dict[str, float]:
-    from prunekit import metrics
-
     return {
         "netscore": metrics.netscore(top1, d["params"], d["macs"]),
         "netscore_nonzero": metrics.netscore(top1, d["nonzero_params"], d["nonzero_macs"]),
