@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UserError
+from prunekit.report import human  # noqa: F401  (re-exported for the commands)
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -68,14 +69,6 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
     size = parse_input_size(args.input_size) if args.input_size else default_input_size(model)
     model.eval()
     return model, torch.zeros(1, *size)
-
-
-def human(n: float) -> str:
-    """Return `n` with a k/M/G suffix (decimal), e.g. 11.2M."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}"
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
