@@ -77,7 +77,7 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     """
     if not 0.0 < energy <= 1.0:
         raise UserError(f"energy={energy} must be in (0, 1]: the fraction of sum s^2 kept")
-    sq = torch.sort(s.detach().double().abs(), descending=True).values ** 2
+    sq = torch.sort(s.detach().cpu().double().abs(), descending=True).values ** 2
     total = float(sq.sum())
     if total <= 0.0:
         return 1

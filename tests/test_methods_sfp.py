@@ -83,7 +83,8 @@ def test_epoch_hook_zeroes_round_rate_n_per_group_and_coupled_layers_agree():
     assert len(_zero_rows(model.block2.conv2.weight)) == round(0.3 * 14)
     assert _zero_rows(model.block2.conv2.weight) == _zero_rows(model.block2.short[0].weight)
     # BN affine entries of zeroed channels are zero too: the soft network equals the removed one
-    assert all(float(model.bn.weight[i]) == 0.0 == float(model.bn.bias[i]) for i in _zero_rows(model.conv.weight))
+    bn_w, bn_b = model.bn.weight.detach(), model.bn.bias.detach()
+    assert all(float(bn_w[i]) == 0.0 == float(bn_b[i]) for i in _zero_rows(model.conv.weight))
 
 
 def test_zeroed_filters_are_the_lowest_l2_norms():
@@ -91,6 +92,7 @@ def test_zeroed_filters_are_the_lowest_l2_norms():
     norms = model.block1.conv1.weight.detach().flatten(1).norm(dim=1)
     sfp = methods.create("sfp", rate=0.5)
     sfp.at_init(model, example_inputs=x[:1])
+    sfp.after_epoch(model, epoch=0)
     assert _zero_rows(model.block1.conv1.weight) == set(torch.argsort(norms)[:5].tolist())
 
 
@@ -108,6 +110,24 @@ def test_zeroed_filters_regrow_after_an_optimizer_step():
     assert all(float(w[i].abs().sum()) > 0.0 for i in zero)  # no mask holds them at zero
 
 
+def test_at_init_zeroing_is_opt_in_and_permanent_with_a_fresh_optimizer():
+    # why zero_at_init defaults to False: with no momentum yet, a zeroed ReLU channel never regrows
+    torch.manual_seed(0)
+    model = TinyResNet()
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    methods.create("sfp", rate=0.3).at_init(model, example_inputs=x[:1])
+    assert not _zero_rows(model.block1.conv1.weight)
+    methods.create("sfp", rate=0.3, zero_at_init=True).at_init(model, example_inputs=x[:1])
+    zero = _zero_rows(model.block1.conv1.weight)
+    assert len(zero) == 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert _zero_rows(model.block1.conv1.weight) == zero
+
+
 def test_every_k_epochs():
     model, _, x, _ = _trained()
     sfp = methods.create("sfp", rate=0.3, every=2)
@@ -120,7 +140,7 @@ def test_every_k_epochs():
 
 def test_global_scope_zeroes_round_rate_of_all_channels():
     model, _, x, _ = _trained()
-    sfp = methods.create("sfp", rate=0.4, scope="global")
+    sfp = methods.create("sfp", rate=0.4, scope="global", zero_at_init=True)
     sfp.at_init(model, example_inputs=x[:1])
     chosen = sfp.info["zeroed_channels"]
     total = sum(g.size for g in sfp._groups_of(model))
@@ -131,7 +151,6 @@ def test_finalize_removes_exactly_the_zero_channels_and_keeps_the_function():
     model, opt, x, y = _trained()
     sfp = methods.create("sfp", rate=0.3)
     sfp.at_init(model, example_inputs=x[:1])
-    opt.step()
     sfp.after_epoch(model, epoch=0)
     zeroed = copy.deepcopy(model).eval()
     with torch.no_grad():

@@ -1,10 +1,10 @@
 """Soft filter pruning (He et al., IJCAI 2018): zero the weakest filters, keep training them, remove at the end.
 
-Before training (`at_init`) and after every `every`-th epoch (`after_epoch`), each prunable
-channel group loses its `rate` fraction of lowest-L2-norm channels: their weights are set to
-zero in place, not masked, so the optimizer keeps updating them and a zeroed filter can grow back
-if training favours it. `finalize` zeroes once more and removes exactly the zero channels
-through Torch-Pruning's dependency graph.
+After every `every`-th epoch (`after_epoch`; with `zero_at_init=True` also before training),
+each prunable channel group loses its `rate` fraction of lowest-L2-norm channels: their weights
+are set to zero in place, not masked, so the optimizer keeps updating them and a zeroed filter can
+grow back if training favours it. `finalize` zeroes once more and removes exactly the zero
+channels through Torch-Pruning's dependency graph.
 
 `rate` is the fraction PRUNED (the original code's `--rate` was the fraction kept).
 
@@ -14,6 +14,11 @@ the group keeps the same set. Zeroing goes through `structure.zero_channels`, wh
 coupled filters, biases and norm-layer affine entries: the soft-pruned network then computes
 exactly what the network after removal computes, and regrowth comes from the optimizer's
 momentum (a zero filter behind a zero BN scale has no gradient of its own for one step).
+
+That is also why zeroing before training is off by default (the paper's Algorithm 1 zeroes after
+each epoch's update): the trainer builds a fresh optimizer after `at_init`, and in a ReLU network
+a channel zeroed then has neither a gradient nor momentum, stays exactly zero, and is selected
+again at every epoch (the lowest norm), so SFP would degenerate into pruning at initialisation.
 """
 
 from __future__ import annotations
@@ -65,14 +70,16 @@ def n_pruned(size: int, rate: float, *, round_to: int | None = None) -> int:
 @register
 class SoftFilterPruning(Method):
     """Soft filter pruning; options `rate` (fraction pruned, default 0.3, or a channels target),
-    `every` (zero every k epochs, default 1) and `scope` ("layer" default, or "global")."""
+    `every` (zero every k epochs, default 1), `scope` ("layer" default, or "global") and
+    `zero_at_init` (also zero in `at_init`, before training; default False, see the module docstring)."""
 
     name = "sfp"
     kind = "structured"
     units = ("channels",)
     description = "soft filter pruning: zero the lowest-L2 filters every epoch, let them regrow, remove at the end (He et al. 2018)"
 
-    def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", **options: Any) -> dict[str, Any]:
+    def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", zero_at_init: bool = False,
+                  **options: Any) -> dict[str, Any]:
         if rate is not None and self.target is not None and abs(float(rate) - self.target.value) > 1e-12:
             raise UserError(f"method 'sfp': option rate={rate} contradicts target {self.target}; give one of them")
         if rate is None:
@@ -92,8 +99,10 @@ class SoftFilterPruning(Method):
             self.round_to = None
         if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
             raise UserError(f"method 'sfp': round_to={self.round_to!r} must be a positive integer or auto")
+        if not isinstance(zero_at_init, bool):
+            raise UserError(f"method 'sfp': zero_at_init={zero_at_init!r} must be true or false")
         super().configure(**options)
-        return {"rate": rate, "every": every, "scope": scope}
+        return {"rate": rate, "every": every, "scope": scope, "zero_at_init": zero_at_init}
 
     def __init__(self, **kwargs: Any) -> None:
         self._example: torch.Tensor | None = None
@@ -165,7 +174,8 @@ class SoftFilterPruning(Method):
     # hooks ---------------------------------------------------------------------------------------
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         self._example = example_inputs[:1].detach().clone()
-        self.soft_prune(model)
+        if self.options["zero_at_init"]:
+            self.soft_prune(model)
         return model
 
     def after_epoch(self, model: nn.Module, *, epoch: int) -> None:
