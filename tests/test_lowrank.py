@@ -10,6 +10,16 @@ import prunekit
 from prunekit import lowrank, methods
 from prunekit.errors import UserError
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On a CPU shared with other jobs, intra-op threads wait on each other (a ResNet-18 step ran
+    # 2x faster on one thread than on two); these tiny models gain nothing from a second thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 CONVS = [
     dict(in_channels=5, out_channels=7, kernel_size=3, stride=2, padding=1, bias=True),
     dict(in_channels=4, out_channels=6, kernel_size=(3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1), bias=False),
@@ -195,6 +205,8 @@ def test_one_shot_params_target():
         methods.create("svd", energy=1.5)
     with pytest.raises(UserError, match="mode"):
         methods.create("svd", mode="depth")
+    with pytest.raises(UserError, match="not both"):
+        methods.create("svd", target="params=0.3", energy=0.9)
 
 
 @pytest.mark.parametrize("mode", lowrank.MODES)
@@ -218,3 +230,31 @@ def test_truncated_model_saves_and_loads(tmp_path, mode):
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
     assert prunekit.measure(loaded, x).params == prunekit.measure(model, x).params
+
+
+@pytest.mark.parametrize("mode", lowrank.MODES)
+def test_svd_inside_prunekit_run(tmp_path, mode):
+    from prunekit import io, metrics
+    from prunekit.experiment import run_experiment
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe.model_validate({
+        "name": "svd-tiny", "device": "cpu", "threads": 1,
+        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
+                 "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
+        "model": {"name": "resnet20"},
+        "baseline": {"train": {"epochs": 0}},
+        "method": {"name": "svd", "options": {"mode": mode, "energy": 0.8}, "train": {"epochs": 1, "lr": 0.01}},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "eval": {"latency_repeats": 1},
+        "report": {"plots": False},
+    })
+    m = run_experiment(recipe, out_dir=tmp_path / "run", progress=False)
+    assert m["status"] == "complete"
+    ranks = m["method_info"]["ranks"]
+    assert len(ranks) == 20 and all(1 <= r["rank"] <= r["full_rank"] for r in ranks.values())
+    assert m["final"]["params"] < m["baseline"]["params"]
+    model = io.load(tmp_path / "run" / "model.pt")  # plain modules, rebuilt from the lowrank ops
+    assert not lowrank.svd_layers(model)
+    measured = metrics.measure(model, torch.zeros(1, 3, 8, 8))
+    assert measured.params == m["final"]["params"] and measured.macs == m["final"]["macs"]

@@ -11,6 +11,16 @@ from prunekit import methods
 from prunekit.errors import UserError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On a CPU shared with other jobs, intra-op threads wait on each other (a ResNet-18 step ran
+    # 2x faster on one thread than on two); these tiny models gain nothing from a second thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
@@ -204,3 +214,31 @@ def test_pruned_cifar_resnet_saves_and_loads(tmp_path):
     loaded = io.load(tmp_path / "m.pt").eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
+
+
+def test_sfp_inside_prunekit_run(tmp_path):
+    from prunekit import io, metrics
+    from prunekit.experiment import run_experiment
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe.model_validate({
+        "name": "sfp-tiny", "device": "cpu", "threads": 1,
+        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
+                 "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
+        "model": {"name": "resnet20"},
+        "baseline": {"train": {"epochs": 0}},
+        "method": {"name": "sfp", "target": "channels=0.5", "from_scratch": True, "train": {"epochs": 2, "lr": 0.05}},
+        "finetune": {"epochs": 0},
+        "eval": {"latency_repeats": 1},
+        "report": {"plots": False},
+    })
+    m = run_experiment(recipe, out_dir=tmp_path / "run", progress=False)
+    assert m["status"] == "complete"
+    info = m["method_info"]
+    assert info["zeroings"] == 3  # after each of the 2 epochs, and once more in finalize
+    assert info["removed_channels"]["layer1.0.conv1"] == 8  # round(0.5 * 16)
+    assert m["achieved"]["params"] == pytest.approx(1 - info["params_after"] / info["params_before"])
+    model = io.load(tmp_path / "run" / "model.pt")
+    assert model.layer1[0].conv1.out_channels == 8
+    measured = metrics.measure(model, torch.zeros(1, 3, 8, 8))
+    assert measured.params == m["final"]["params"]

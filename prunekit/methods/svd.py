@@ -40,10 +40,16 @@ class SVDLowRank(Method):
     units = ("params", "macs")
     description = "train layers as U diag(s) V^T with orthogonality + sparsity, truncate by energy (Yang et al. 2020)"
 
-    def configure(self, *, mode: str = "channel", init: str = "svd", energy: float = 0.99, lambda_o: float = 1.0,
+    def configure(self, *, mode: str = "channel", init: str = "svd", energy: float | None = None, lambda_o: float = 1.0,
                   lambda_s: float = 0.01, penalty: str = "hoyer", finetune_orthogonality: bool = True,
                   seed: int = 0, **options: Any) -> dict[str, Any]:
         super().configure(**options)
+        if energy is not None and self.target is not None:
+            raise UserError(f"method 'svd': give energy={energy} or target {self.target}, not both")
+        if energy is None:
+            energy = 0.99
+        if self.round_to is not None:
+            raise UserError(f"method 'svd': round_to={self.round_to!r} does not apply (it truncates ranks, not channels)")
         if mode not in lowrank.MODES:
             raise UserError(f"method 'svd': mode {mode!r} is not one of {', '.join(lowrank.MODES)}")
         if init not in lowrank.INITS:
