@@ -236,6 +236,7 @@ def test_sfp_inside_prunekit_run(tmp_path):
     assert m["status"] == "complete"
     info = m["method_info"]
     assert info["zeroings"] == 3  # after each of the 2 epochs, and once more in finalize
+    assert len(info["rezeroed_fraction"]) == 2 and info["rezeroed_fraction"][-1] == 1.0  # nothing trained in between
     assert info["removed_channels"]["layer1.0.conv1"] == 8  # round(0.5 * 16)
     assert m["achieved"]["params"] == pytest.approx(1 - info["params_after"] / info["params_before"])
     model = io.load(tmp_path / "run" / "model.pt")

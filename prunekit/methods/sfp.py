@@ -109,6 +109,7 @@ class SoftFilterPruning(Method):
         self._groups: list[structure.ChannelGroup] | None = None
         self._groups_model: int | None = None
         self.zeroings = 0
+        self._last_chosen: dict[str, list[int]] = {}
         super().__init__(**kwargs)
 
     # selection ---------------------------------------------------------------------------------
@@ -169,6 +170,12 @@ class SoftFilterPruning(Method):
                     structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()])
         self.zeroings += 1
         self.info["zeroed_channels"] = {name: len(idxs) for name, idxs in chosen.items()}
+        if self._last_chosen:
+            # how soft it was: the share of the previous zeroing's channels chosen again (1.0: none won back)
+            again = sum(len(set(self._last_chosen.get(name, ())) & set(idxs)) for name, idxs in chosen.items())
+            total = sum(len(idxs) for idxs in self._last_chosen.values())
+            self.info.setdefault("rezeroed_fraction", []).append(round(again / total, 4) if total else 1.0)
+        self._last_chosen = chosen
         return chosen
 
     # hooks ---------------------------------------------------------------------------------------
