@@ -572,9 +572,10 @@ def prune_to_latency(
 
     `target` is `latency=F` (or F): the fraction of the forward time removed, measured on `device`
     (default: where the model is) at `batch_size` (default 1 on the CPU, 128 on CUDA). The
-    channels removed are those that buy the most time per unit of importance (scores normalised
-    by their group's mean), one group step at a time (steps are multiples of `round_to`),
-    predicted from a cached table of measured per-layer times; the real pruned network is then
+    channels removed are those that buy the most time per unit of importance lost (the log of
+    the share of its group's importance a step removes, once per layer the group feeds), one
+    group step at a time (steps are multiples of `round_to`), predicted from a cached table
+    of measured per-layer times; the real pruned network is then
     timed (alternating with the original `pairs` times, the fastest of each kept) and the
     prediction re-calibrated, up to `max_attempts` times, until the measured fraction removed
     is at least target - `tolerance`. No group loses more than `max_ratio` of

@@ -215,3 +215,15 @@ def test_bind_run_trains_with_prunekit_train():
     assert first["accepted"] is True  # any accuracy is within 100 points
     assert prunekit.measure(pruned, x).params < prunekit.measure(model, x).params
     assert 0 <= method.info["baseline_top1"] <= 100
+
+
+def test_search_record_survives_a_checkpoint(tmp_path):
+    model = _tiny_cnn()
+    fake = _FakeTrainer(lambda m, i: 90.0)
+    method = prunekit.methods.create("autorate", target="accuracy_drop=1", rounds=1, epochs_per_round=1, batches=1,
+                                     retrain=fake.retrain, evaluate=fake.evaluate)
+    method.finalize(model, example_inputs=torch.zeros(1, 3, 8, 8), data=_batches(1))
+    torch.save(method.state_dict(), tmp_path / "state.pt")
+    fresh = prunekit.methods.create("autorate", target="accuracy_drop=1")
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert fresh.info["rounds"] == method.info["rounds"] and fresh.info["trajectory"] == method.info["trajectory"]

@@ -652,6 +652,14 @@ class AutoRate(Method):
         if out_dir is not None and self.options["plot_dir"] is None:
             self.options["plot_dir"] = str(out_dir)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the search record (plain data), so a resumed run still reports its rounds."""
+        return {"info": self.info}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the search record saved by `state_dict`."""
+        self.info = dict(state.get("info", {}))
+
     def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         retrain, evaluate = self.options["retrain"], self.options["evaluate"]
         if retrain is None or evaluate is None:
