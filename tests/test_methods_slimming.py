@@ -88,16 +88,24 @@ def test_slimming_resnet_global_threshold_and_coupled_residual_channels():
     assert result.achieved["params"] > 0.1
 
 
-def test_no_layer_loses_all_channels_even_when_all_its_gammas_are_tiny():
+def tiny_first_layer() -> nn.Module:
     m = small_cnn()
-    x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         m[1].weight.fill_(1e-6)  # the whole first layer is below any threshold
         m[4].weight.copy_(torch.linspace(0.5, 1.0, 12))
-    r = prunekit.prune(m, method="slimming", target="channels=0.5", example_inputs=x)
+    return m
+
+
+def test_no_layer_loses_all_channels_even_when_all_its_gammas_are_tiny():
+    x = torch.randn(1, 3, 8, 8)
+    r = prunekit.prune(tiny_first_layer(), method="slimming", target="channels=0.5", example_inputs=x)
     assert r.model[0].out_channels == 1  # capped: keeps one channel, not zero (max 95% of 8 -> 7 removed)
     assert r.model[3].out_channels == 12 - (10 - 7)  # the global count is met by the next lowest gammas
     assert r.model.eval()(x).shape == (1, 4)
+    # round_to: every pruned group keeps a positive multiple (Torch-Pruning alone would round 1 -> 0 and
+    # skip the group); the 10 channels asked become 4 + 8 once both kept counts are rounded down to 4
+    r = prunekit.prune(tiny_first_layer(), method="slimming", target="channels=0.5", example_inputs=x, round_to=4)
+    assert (r.model[0].out_channels, r.model[3].out_channels) == (4, 4)
 
 
 def test_slimming_macs_target_and_errors():

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from prunekit import structure
+from prunekit.allocation import exact_fraction
+from prunekit.allocation import resolve_round_to as _resolve_round_to
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.targets import Target
@@ -95,36 +97,50 @@ def _cap(size: int, max_ratio: float) -> int:
     return max(0, min(size - 1, int(max_ratio * size + 0.5)))
 
 
-def plan_removal(scores: dict[str, torch.Tensor], *, count: int, allocation: str = "global", max_ratio: float = MAX_RATIO) -> dict[str, int]:
+def _rounded(size: int, n: int, round_to: int | None) -> int:
+    # Round the kept count down to a multiple of round_to (never below round_to), as
+    # Torch-Pruning would, but without ever rounding a group to zero channels.
+    if not round_to or n == 0:
+        return n
+    if size <= round_to:  # cannot keep a positive multiple smaller than the group
+        return 0
+    kept = size - n
+    return size - max(round_to, kept - kept % round_to)
+
+
+def plan_removal(scores: dict[str, torch.Tensor], *, count: int, allocation: str = "global", max_ratio: float = MAX_RATIO,
+                 round_to: int | None = None) -> dict[str, int]:
     """Return {root name: channels removed} for `count` channels removed in all.
 
     "global": the `count` lowest scores over all groups (one threshold), each group capped so it
     keeps at least one channel and (1 - max_ratio) of its channels; "uniform": the same fraction
-    count / total from every group. The result may remove fewer than `count` where caps bind.
+    count / total from every group. With `round_to`, a pruned group keeps a multiple of it (at
+    least `round_to`). The result may differ from `count` where caps and rounding bind.
     """
     sizes = {name: len(s) for name, s in scores.items()}
     total = sum(sizes.values())
     if allocation == "uniform":
         frac = count / total if total else 0.0
-        return {name: min(_cap(n, max_ratio), int(round(frac * n))) for name, n in sizes.items()}
-    if allocation != "global":
+        per_group = [int(round(frac * n)) for n in sizes.values()]
+    elif allocation == "global":
+        names = list(scores)
+        flat = torch.cat([scores[n] for n in names])
+        owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
+        order = torch.argsort(flat, stable=True)[: max(0, min(count, total))]
+        per_group = torch.bincount(owner[order], minlength=len(names)).tolist()
+    else:
         raise UserError(f"allocation {allocation!r} is not one of uniform, global")
-    names = list(scores)
-    flat = torch.cat([scores[n] for n in names])
-    owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
-    order = torch.argsort(flat, stable=True)[: max(0, min(count, total))]
-    per_group = torch.bincount(owner[order], minlength=len(names)).tolist()
-    return {name: min(_cap(sizes[name], max_ratio), k) for name, k in zip(names, per_group)}
+    return {name: _rounded(sizes[name], min(_cap(sizes[name], max_ratio), k), round_to) for name, k in zip(sizes, per_group)}
 
 
-def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, allocation: str) -> int:
-    # The smallest global count whose capped plan removes `fraction` of all channels.
+def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, allocation: str, round_to: int | None) -> int:
+    # The smallest global count whose capped, rounded plan removes `fraction` of all channels.
     total = sum(len(s) for s in scores.values())
     want = int(round(fraction * total))
-    lo, hi = want, total
+    lo, hi = 0, total
     while lo < hi:
         mid = (lo + hi) // 2
-        if sum(plan_removal(scores, count=mid, allocation=allocation).values()) >= want:
+        if sum(plan_removal(scores, count=mid, allocation=allocation, round_to=round_to).values()) >= want:
             hi = mid
         else:
             lo = mid + 1
@@ -133,9 +149,7 @@ def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, alloca
 
 def _apply_plan(model: nn.Module, example_inputs: torch.Tensor, *, scores: dict[str, torch.Tensor], plan: dict[str, int],
                 ignore: Sequence[str | nn.Module], round_to: int | None) -> nn.Module:
-    sizes = {name: len(s) for name, s in scores.items()}
-    # (n - 0.5) / size makes Torch-Pruning's int(size * (1 - ratio)) land exactly on size - n.
-    ratios = {name: (n - 0.5) / sizes[name] for name, n in plan.items() if n > 0}
+    ratios = {name: exact_fraction(n, len(scores[name])) for name, n in plan.items() if n > 0}
     if not ratios:
         return model
     return structure.remove_channels(
@@ -171,7 +185,8 @@ def prune_channels_by_scores(
     total = sum(len(s) for s in scores.values())
     kwargs = dict(scores=scores, ignore=ignore, round_to=round_to)
     if target.unit == "channels":
-        plan = plan_removal(scores, count=_count_for_channels(scores, target.value, allocation), allocation=allocation)
+        count = _count_for_channels(scores, target.value, allocation, round_to)
+        plan = plan_removal(scores, count=count, allocation=allocation, round_to=round_to)
         _apply_plan(model, example_inputs, plan=plan, **kwargs)
         return plan
     if target.unit not in ("params", "macs"):
@@ -179,7 +194,8 @@ def prune_channels_by_scores(
     base = getattr(measure(model, example_inputs), target.unit)
 
     def removed_at(count: int) -> float:
-        trial = _apply_plan(copy.deepcopy(model), example_inputs, plan=plan_removal(scores, count=count, allocation=allocation), **kwargs)
+        plan = plan_removal(scores, count=count, allocation=allocation, round_to=round_to)
+        trial = _apply_plan(copy.deepcopy(model), example_inputs, plan=plan, **kwargs)
         return 1.0 - getattr(measure(trial, example_inputs), target.unit) / base
 
     lo, hi = 0, total
@@ -200,9 +216,18 @@ def prune_channels_by_scores(
             hi = mid - 1
     if best[0] > tolerance:
         warnings.warn(f"target {target} reached only within {best[0] * 100:.1f} points (channel granularity and caps)", stacklevel=2)
-    plan = plan_removal(scores, count=best[1], allocation=allocation)
+    plan = plan_removal(scores, count=best[1], allocation=allocation, round_to=round_to)
     _apply_plan(model, example_inputs, plan=plan, **kwargs)
     return plan
+
+
+def resolve_round_to(method: Method, model: nn.Module, example_inputs: torch.Tensor) -> int | None:
+    """Return the channel multiple for `method.round_to` (None: no rounding, the default here; an
+    integer; or "auto", measured on the device) and record how it was resolved in `method.info`."""
+    resolved = _resolve_round_to(method.round_to, model=model, example_inputs=example_inputs,
+                                           target=method.target, ignore=method.ignore)
+    method.info["round_to"] = resolved.to_dict()
+    return resolved.value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,8 +293,9 @@ class Slimming(Method):
         scores = group_scores(model, example_inputs, importance=BNScaleImportance(), ignore=self.ignore)
         if not scores:
             raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
+        round_to = resolve_round_to(self, model, example_inputs)
         plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
-                                        round_to=self.round_to, allocation="global")
+                                        round_to=round_to, allocation="global")
         removed = {n: k for n, k in plan.items() if k}
         removed_scores = [torch.sort(scores[n]).values[: plan[n]] for n in removed]
         self.info.update({
