@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2"])
     parser.add_argument("--target", default="macs=0.5")
     parser.add_argument("--method", default="l1_filter")
-    parser.add_argument("--round-to", type=int, default=None)
+    parser.add_argument("--round-to", type=int, default=None, help="channel multiple (default: the method's, auto)")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU latency (default 2)")
@@ -35,7 +35,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     x = torch.randn(1, 3, args.input_size, args.input_size)
     header = ["model", "params", "MACs", f"CPU ms (b1, {args.threads} thr)"] + ([f"GPU ms (b{args.gpu_batch}, bf16)"] if cuda else [])
-    print(f"# {args.method} to {args.target}, input {args.input_size}x{args.input_size}, round_to={args.round_to}")
+    print(f"# {args.method} to {args.target}, input {args.input_size}x{args.input_size}, round_to={args.round_to or 'auto (default)'}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.models:
