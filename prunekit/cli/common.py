@@ -31,6 +31,7 @@ def add_model_arguments(parser: Any) -> None:
     parser.add_argument("--input-size", default=None, help="C x H x W of one input, e.g. 3x224x224 (default: 3x32x32 with --small-input, else 3x224x224)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs for a model built by name (default 10 for CIFAR models, else 1000)")
     parser.add_argument("--small-input", action="store_true", help="adapt the stem to 32x32 images (3x3 stride-1 first conv, no max-pool)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine")
 
 
 def is_cifar_model(name: str) -> bool:
@@ -56,6 +57,10 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
     """Return (model, example_inputs of batch 1) for the MODEL_OR_FILE arguments."""
     from prunekit import io, models
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
     target = args.model
     if os.path.sep in target or target.endswith((".pt", ".pth", ".th")) or os.path.exists(target):
         if not os.path.isfile(target):
