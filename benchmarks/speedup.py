@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             row["round_to"] = pk_info.get("round_to")
                         if k == "latency":
                             row["round_to"] = lat_info.get("round_to")
-                            row["latency_search"] = {key: lat_info["latency"][key] for key in ("achieved", "before_ms", "after_ms", "layer_timings")}
+                            row["latency_search"] = {key: lat_info["latency"][key] for key in ("achieved", "before_ms", "after_ms", "layer_timings", "noise")}
                             row["latency_search"]["seconds"] = lat_seconds
                         results["rows"].append(row)
                     print_block(results["rows"][-len(variants):])

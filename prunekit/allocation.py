@@ -545,6 +545,7 @@ class LatencyReport:
     attempts: list[dict[str, float]] = field(default_factory=list)
     kept: dict[str, int] = field(default_factory=dict)
     layer_timings: int = 0
+    noise: float = 0.0  # max / min - 1 of the unpruned model's repeated measurements
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain data (for metrics.json)."""
@@ -599,6 +600,7 @@ def prune_to_latency(
     before_ms = math.inf
     goal = predicted0 * (1 - value)
     attempts: list[dict[str, float]] = []
+    base_times: list[float] = []
     best: tuple[float, list[int], float] | None = None  # (achieved, removed, ms)
 
     def candidate(gi: int) -> tuple[float, int] | None:
@@ -632,7 +634,8 @@ def prune_to_latency(
         # comes and goes on a shared machine then hits both alike.
         base_now, ms = math.inf, math.inf
         for _ in range(pairs):
-            base_now = min(base_now, float(timer.model_ms(model, example_inputs)))
+            base_times.append(float(timer.model_ms(model, example_inputs)))
+            base_now = min(base_now, base_times[-1])
             ms = min(ms, float(timer.model_ms(trial, example_inputs)))
         before_ms = min(before_ms, base_now)
         achieved = 1.0 - ms / before_ms if before_ms > 0 else 0.0
@@ -647,6 +650,12 @@ def prune_to_latency(
         goal = sum(current) * max(0.5, (before_ms * (1 - value)) / ms)
     assert best is not None
     achieved, removed, ms = best
+    noise = max(base_times) / min(base_times) - 1 if base_times and min(base_times) > 0 else 0.0
+    if noise > 0.25:
+        warnings.warn(
+            f"the unpruned model's measured time varied by {noise:.0%} between repeats on {dev.type}: the device is "
+            "busy, and the latency reached (and so the channels removed) is not reliable", stacklevel=2,
+        )
     if achieved < value - tolerance:
         warnings.warn(
             f"latency target {value:g} reached only {achieved:.3f} (measured on {dev.type}; "
@@ -659,6 +668,7 @@ def prune_to_latency(
             achieved=achieved, predicted_before_ms=predicted0,
             predicted_after_ms=sum(layer_time(layer.spec_at(removed)) for layer in plan.layers),
             attempts=attempts, kept={g.root_name: g.size - r for g, r in zip(plan.groups, removed)}, layer_timings=len(table),
+            noise=noise,
         ).to_dict())
     return model
 
