@@ -27,7 +27,7 @@ from prunekit.targets import Target
 @register
 class Double(Method):
     name = "double"
-    kind = "structured+unstructured"
+    kind = "composite"  # structured stage, then unstructured stage
     units = ("channels", "params", "macs", "sparsity")
     description = "network slimming, then magnitude pruning on the slim network; NetScore after each stage (Inha seed)"
 
