@@ -138,6 +138,29 @@ def test_at_init_zeroing_is_opt_in_and_permanent_with_a_fresh_optimizer():
     assert _zero_rows(model.block1.conv1.weight) == zero
 
 
+def test_filters_only_zeroing_leaves_norm_layers_and_finalize_still_removes_exactly():
+    model, opt, x, y = _trained()
+    sfp = methods.create("sfp", rate=0.3, zero_norm=False)
+    sfp.at_init(model, example_inputs=x[:1])
+    bn_before = model.block1.bn1.weight.detach().clone()
+    sfp.after_epoch(model, epoch=0)
+    zero = _zero_rows(model.block1.conv1.weight)
+    assert len(zero) == 3 and torch.equal(model.block1.bn1.weight.detach(), bn_before)
+    assert _zero_rows(model.block2.conv2.weight) == _zero_rows(model.block2.short[0].weight)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not (zero & _zero_rows(model.block1.conv1.weight))
+    # finalize zeroes whole groups, then removes: the result equals that fully zeroed network
+    reference = copy.deepcopy(model)
+    chosen = methods.create("sfp", rate=0.3)
+    chosen._example = x[:1]
+    chosen.soft_prune(reference)
+    pruned = sfp.finalize(model, example_inputs=x[:1]).eval()
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), reference.eval()(x), atol=1e-5, rtol=0)
+
+
 def test_every_k_epochs():
     model, _, x, _ = _trained()
     sfp = methods.create("sfp", rate=0.3, every=2)
@@ -199,6 +222,8 @@ def test_bad_options_are_user_errors():
         methods.create("sfp", scope="net")
     with pytest.raises(UserError, match="every"):
         methods.create("sfp", every=0)
+    with pytest.raises(UserError, match="zero_norm"):
+        methods.create("sfp", zero_norm="yes")
     with pytest.raises(UserError, match="target"):
         methods.create("sfp", target="params=0.3")
 

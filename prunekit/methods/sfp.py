@@ -15,10 +15,15 @@ coupled filters, biases and norm-layer affine entries: the soft-pruned network t
 exactly what the network after removal computes, and regrowth comes from the optimizer's
 momentum (a zero filter behind a zero BN scale has no gradient of its own for one step).
 
-That is also why zeroing before training is off by default (the paper's Algorithm 1 zeroes after
+Momentum is also why zeroing before training is off by default (the paper's Algorithm 1 zeroes after
 each epoch's update): the trainer builds a fresh optimizer after `at_init`, and in a ReLU network
 a channel zeroed then has neither a gradient nor momentum, stays exactly zero, and is selected
 again at every epoch (the lowest norm), so SFP would degenerate into pruning at initialisation.
+
+The paper zeroes only the conv filters (`zero_norm=False` here): BatchNorm then renormalises a
+regrowing filter at once (its gradient is scaled by 1/sqrt(eps) while its output is zero), so
+filters come back faster, but the soft network differs from the removed one by the BN shifts of
+the zeroed channels; `finalize` always zeroes whole groups before removing them.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ def n_pruned(size: int, rate: float, *, round_to: int | None = None) -> int:
 class SoftFilterPruning(Method):
     """Soft filter pruning; options `rate` (fraction pruned, default 0.3, or a channels target),
     `every` (zero every k epochs, default 1), `scope` ("layer" default, or "global") and
-    `zero_at_init` (also zero in `at_init`, before training; default False, see the module docstring)."""
+    `zero_at_init` (also zero in `at_init`, before training; default False) and `zero_norm` (zero the
+    coupled norm layers' scale and shift too; default True; False = the paper: filters only); see
+    the module docstring."""
 
     name = "sfp"
     kind = "structured"
@@ -79,7 +86,7 @@ class SoftFilterPruning(Method):
     description = "soft filter pruning: zero the lowest-L2 filters every epoch, let them regrow, remove at the end (He et al. 2018)"
 
     def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", zero_at_init: bool = False,
-                  **options: Any) -> dict[str, Any]:
+                  zero_norm: bool = True, **options: Any) -> dict[str, Any]:
         if rate is not None and self.target is not None and abs(float(rate) - self.target.value) > 1e-12:
             raise UserError(f"method 'sfp': option rate={rate} contradicts target {self.target}; give one of them")
         if rate is None:
@@ -99,10 +106,11 @@ class SoftFilterPruning(Method):
             self.round_to = None
         if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
             raise UserError(f"method 'sfp': round_to={self.round_to!r} must be a positive integer or auto")
-        if not isinstance(zero_at_init, bool):
-            raise UserError(f"method 'sfp': zero_at_init={zero_at_init!r} must be true or false")
+        for key, value in (("zero_at_init", zero_at_init), ("zero_norm", zero_norm)):
+            if not isinstance(value, bool):
+                raise UserError(f"method 'sfp': {key}={value!r} must be true or false")
         super().configure(**options)
-        return {"rate": rate, "every": every, "scope": scope, "zero_at_init": zero_at_init}
+        return {"rate": rate, "every": every, "scope": scope, "zero_at_init": zero_at_init, "zero_norm": zero_norm}
 
     def __init__(self, **kwargs: Any) -> None:
         self._example: torch.Tensor | None = None
@@ -161,13 +169,20 @@ class SoftFilterPruning(Method):
             counts = [n_pruned(g.size, c / g.size, round_to=self.round_to) for g, c in zip(groups, counts)]
         return counts
 
-    def soft_prune(self, model: nn.Module) -> dict[str, list[int]]:
-        """Zero the selected channels of `model` in place (coupled filters, biases, norm affines); return them."""
+    def soft_prune(self, model: nn.Module, *, whole_group: bool | None = None) -> dict[str, list[int]]:
+        """Zero the selected channels of `model` in place and return them.
+
+        `whole_group` (default: option `zero_norm`) zeroes the coupled filters, biases and norm
+        affines (`structure.zero_channels`); otherwise only the coupled conv/linear filters and biases.
+        """
         chosen = self.select(model)
-        if chosen:
+        whole_group = self.options["zero_norm"] if whole_group is None else whole_group
+        if chosen and whole_group:
             x = self._example.to(next(model.parameters()).device)
             with torch.enable_grad():
-                    structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()])
+                structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()])
+        elif chosen:
+            _zero_filters(self._groups_of(model), chosen)
         self.zeroings += 1
         self.info["zeroed_channels"] = {name: len(idxs) for name, idxs in chosen.items()}
         if self._last_chosen:
@@ -194,7 +209,7 @@ class SoftFilterPruning(Method):
         self._example = example_inputs[:1].detach().clone()
         x = self._example.to(next(model.parameters()).device)
         before = measure(model, x)
-        chosen = self.soft_prune(model)
+        chosen = self.soft_prune(model, whole_group=True)  # the exact network that removal keeps
         sizes = {g.root_name: g.size for g in self._groups_of(model)}
         if chosen:
             # Per-group fraction set half a channel below the count, so that Torch-Pruning's
@@ -225,6 +240,28 @@ class SoftFilterPruning(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.zeroings = int(state.get("zeroings", 0))
+
+
+@torch.no_grad()
+def _zero_filters(groups: list[structure.ChannelGroup], chosen: dict[str, list[int]]) -> None:
+    """Zero the chosen channels' conv/linear filters and biases in every coupled layer (norm layers untouched)."""
+    for g in groups:
+        picked = set(chosen.get(g.root_name, ()))
+        if not picked:
+            continue
+        graph = g.group._DG
+        for dep, idxs in g.group:
+            module = dep.target.module
+            if not isinstance(module, structure.ROOT_TYPES) or not graph.is_out_channel_pruning_fn(dep.handler):
+                continue
+            rows = [int(getattr(i, "idx", i)) for k, i in enumerate(idxs) if int(getattr(i, "root_idx", k)) in picked]
+            rows_t = torch.tensor(rows, dtype=torch.long, device=module.weight.device)
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                module.weight[:, rows_t] = 0
+            else:
+                module.weight[rows_t] = 0
+            if module.bias is not None:
+                module.bias[rows_t] = 0
 
 
 class _ChosenFirst:
