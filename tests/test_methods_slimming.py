@@ -110,7 +110,9 @@ def test_no_layer_loses_all_channels_even_when_all_its_gammas_are_tiny():
 
 def test_slimming_macs_target_and_errors():
     x = torch.randn(1, 3, 8, 8)
-    r = prunekit.prune(small_cnn(), method="slimming", target="macs=0.5", example_inputs=x)
+    # a 20-channel net cannot hit 50 % of MACs exactly: the method says how close it came
+    with pytest.warns(UserWarning, match=r"target macs=0.5 reached only within [0-9.]+ points"):
+        r = prunekit.prune(small_cnn(), method="slimming", target="macs=0.5", example_inputs=x)
     assert r.achieved["macs"] == pytest.approx(0.5, abs=0.05)
     with pytest.raises(UserError, match="sparsity_lambda"):
         methods.create("slimming", target="channels=0.5", sparsity_lambda=-1)
