@@ -46,6 +46,8 @@ def test_prune_writes_a_loadable_smaller_model(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert abs(result["achieved"]["macs"] - 0.5) <= 0.02
     assert result["after"]["params"] < result["before"]["params"]
+    # the method's measured decisions come along (round_to resolved on this machine)
+    assert result["info"]["round_to"]["asked"] == "auto" and "value" in result["info"]["round_to"]
     model = io.load(out)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert torch.load(out, weights_only=True)["format"].startswith("prunekit.model")
@@ -86,3 +88,19 @@ def test_console_script_exit_code_and_version():
     done = subprocess.run([sys.executable, "-m", "prunekit.cli.main", "analyze", "nosuchmodel"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+
+
+def test_prune_prints_the_measured_round_to_and_latency_search():
+    from prunekit.cli.prune_cmd import _info_lines
+
+    info = {
+        "round_to": {"asked": "auto", "value": 8, "measured": 8, "reason": "measured multiple 8 on cpu"},
+        "latency": {"device": "cpu", "batch_size": 1, "target": 0.5, "before_ms": 10.0, "after_ms": 5.25,
+                    "achieved": 0.475, "attempts": [{}, {}]},
+    }
+    assert _info_lines(info) == [
+        "round_to: 8 (measured multiple 8 on cpu)",
+        "latency search: 10.00 -> 5.25 ms (cpu, batch 1), 0.475 removed for a target of 0.500, 2 pruned candidates timed",
+    ]
+    assert _info_lines({"round_to": {"asked": None, "value": None, "reason": ""}}) == ["round_to: none"]
+    assert _info_lines({"ranks": {}}) == []

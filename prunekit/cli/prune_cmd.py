@@ -96,7 +96,10 @@ def run(args: Any) -> int:
     before = {**result.before.to_dict(), "latency_ms": lat_before}
     after = {**result.after.to_dict(), "latency_ms": lat_after}
     if args.json:
-        print_json({"before": before, "after": after, "achieved": result.achieved, "target": str(result.target), "out": args.out})
+        print_json({
+            "before": before, "after": after, "achieved": result.achieved, "target": str(result.target),
+            "info": _plain(result.info), "out": args.out,
+        })
         return 0
     rows = []
     for key, label in [("params", "parameters"), ("nonzero_params", "non-zero parameters"), ("macs", "MACs per image"), ("nonzero_macs", "non-zero MACs per image"), ("latency_ms", "CPU latency, batch 1 (ms, measured)")]:
@@ -106,7 +109,38 @@ def run(args: Any) -> int:
     print_table(f"{args.model}: {args.method} to {result.target}", ["", "before", "after", "after/before"], rows)
     achieved = ", ".join(f"{k}={v:.3f}" for k, v in result.achieved.items())
     print(f"achieved (fraction removed): {achieved}")
+    for line in _info_lines(result.info):
+        print(line)
     if result.after.sparsity > 0:
         print("note: zeroed weights reduce non-zero params and MACs, not dense latency")
     print(f"saved {args.out}")
     return 0
+
+
+def _info_lines(info: dict) -> list[str]:
+    # The two decisions a structured method measured on this machine, said where a user looks.
+    lines = []
+    round_to = info.get("round_to")
+    if isinstance(round_to, dict):
+        value = round_to.get("value")
+        why = f" ({round_to['reason']})" if round_to.get("reason") else ""
+        lines.append(f"round_to: {value if value else 'none'}{why}")
+    lat = info.get("latency")
+    if isinstance(lat, dict) and "before_ms" in lat:
+        lines.append(
+            f"latency search: {lat['before_ms']:.2f} -> {lat['after_ms']:.2f} ms ({lat['device']}, batch "
+            f"{lat['batch_size']}), {lat['achieved']:.3f} removed for a target of {lat['target']:.3f}, "
+            f"{len(lat.get('attempts', []))} pruned candidates timed"
+        )
+    return lines
+
+
+def _plain(obj):
+    # method.info is plain data by convention; anything else is shown as text, never a crash
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
