@@ -130,7 +130,7 @@ def _info_lines(info: dict) -> list[str]:
         lines.append(
             f"latency search: {lat['before_ms']:.2f} -> {lat['after_ms']:.2f} ms ({lat['device']}, batch "
             f"{lat['batch_size']}), {lat['achieved']:.3f} removed for a target of {lat['target']:.3f}, "
-            f"{len(lat.get('attempts', []))} pruned candidates timed"
+            f"{len(lat.get('attempts', []))} pruned candidate{'' if len(lat.get('attempts', [])) == 1 else 's'} timed"
         )
     return lines
 
