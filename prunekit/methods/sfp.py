@@ -83,7 +83,7 @@ class SoftFilterPruning(Method):
     name = "sfp"
     kind = "structured"
     units = ("channels",)
-    description = "soft filter pruning: zero the lowest-L2 filters every epoch, let them regrow, remove at the end (He et al. 2018)"
+    description = "soft filter pruning: zero the lowest-L2 filters every epoch, keep training them (they may regrow), remove at the end (He et al. 2018)"
 
     def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", zero_at_init: bool = False,
                   zero_norm: bool = True, **options: Any) -> dict[str, Any]:
