@@ -253,14 +253,17 @@ def remove_channels(
     return model
 
 
-def zero_channels(model: nn.Module, example_inputs: torch.Tensor, *, history: Sequence[Sequence[Any]]) -> nn.Module:
+def zero_channels(
+    model: nn.Module, example_inputs: torch.Tensor, *, history: Sequence[Sequence[Any]], filters_only: bool = False
+) -> nn.Module:
     """Zero, instead of removing, the channels a pruning `history` names; return `model`.
 
     For each history entry the whole coupled group is looked up and every layer whose output
     channels it cuts gets those weight rows (and bias, BN/LN affine entries) set to zero. On
     architectures where a zero channel stays zero downstream (ReLU-style activations), the
     result computes the same function as the physically pruned model: tests use this, and
-    soft filter pruning zeroes coupled channels this way.
+    soft filter pruning zeroes coupled channels this way. `filters_only` zeroes the conv/linear
+    layers' rows and biases alone (norm layers and channel maps untouched), as the SFP paper does.
     """
     graph = build_graph(model, example_inputs)
     by_name = dict(model.named_modules())
@@ -274,6 +277,8 @@ def zero_channels(model: nn.Module, example_inputs: torch.Tensor, *, history: Se
             for dep, dep_idxs in group:
                 target = dep.target.module
                 if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(target, nn.Module):
+                    continue
+                if filters_only and not isinstance(target, ROOT_TYPES):
                     continue
                 rows = torch.tensor(_plain_idxs(dep_idxs), dtype=torch.long)
                 if hasattr(target, "zero_out_channels"):  # prunekit's parameter-free channel maps

@@ -177,12 +177,11 @@ class SoftFilterPruning(Method):
         """
         chosen = self.select(model)
         whole_group = self.options["zero_norm"] if whole_group is None else whole_group
-        if chosen and whole_group:
+        if chosen:
             x = self._example.to(next(model.parameters()).device)
             with torch.enable_grad():
-                structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()])
-        elif chosen:
-            _zero_filters(self._groups_of(model), chosen)
+                structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()],
+                                        filters_only=not whole_group)
         self.zeroings += 1
         self.info["zeroed_channels"] = {name: len(idxs) for name, idxs in chosen.items()}
         if self._last_chosen:
@@ -240,28 +239,6 @@ class SoftFilterPruning(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.zeroings = int(state.get("zeroings", 0))
-
-
-@torch.no_grad()
-def _zero_filters(groups: list[structure.ChannelGroup], chosen: dict[str, list[int]]) -> None:
-    """Zero the chosen channels' conv/linear filters and biases in every coupled layer (norm layers untouched)."""
-    for g in groups:
-        picked = set(chosen.get(g.root_name, ()))
-        if not picked:
-            continue
-        graph = g.group._DG
-        for dep, idxs in g.group:
-            module = dep.target.module
-            if not isinstance(module, structure.ROOT_TYPES) or not graph.is_out_channel_pruning_fn(dep.handler):
-                continue
-            rows = [int(getattr(i, "idx", i)) for k, i in enumerate(idxs) if int(getattr(i, "root_idx", k)) in picked]
-            rows_t = torch.tensor(rows, dtype=torch.long, device=module.weight.device)
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                module.weight[:, rows_t] = 0
-            else:
-                module.weight[rows_t] = 0
-            if module.bias is not None:
-                module.bias[rows_t] = 0
 
 
 class _ChosenFirst:
