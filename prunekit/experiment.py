@@ -187,13 +187,13 @@ class _Experiment:
         return metrics
 
     def _write_metrics(self) -> None:
-        text = json.dumps(_finite(self.metrics), indent=2, default=_jsonable, allow_nan=False)
+        text = json.dumps(_finite(self.metrics), indent=2, default=report_mod.jsonable, allow_nan=False)
         io.atomic_write(self.out / report_mod.METRICS_FILE, text.encode("utf-8"))
 
     def _log(self, row: dict[str, Any]) -> None:
         # Append-only JSON lines: a torn last line (kill mid-write) is skipped by the reader.
         with open(self.out / report_mod.LOG_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": _now(), **row}, default=_jsonable) + "\n")
+            fh.write(json.dumps({"time": _now(), **row}, default=report_mod.jsonable) + "\n")
 
     def _wall(self, key: str, start: float) -> float:
         seconds = time.perf_counter() - start
@@ -571,18 +571,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, (Path,)):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
 
 
 def _now() -> str:

@@ -66,6 +66,23 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 # formatting ----------------------------------------------------------------------------------
+def jsonable(obj: Any) -> Any:
+    """Return a JSON-ready stand-in for `obj` (the `default=` of every prunekit JSON writer):
+    tensors as numbers or lists, paths as text, sets and tuples as lists, objects with
+    `to_dict()` as that dict, anything else as its text."""
+    import torch  # here, not at the top: reading reports needs no torch until a tensor shows up
+
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
 def human(n: float | None) -> str:
     """Return `n` with a k/M/G suffix (decimal), e.g. 11.2M; "-" for None."""
     if n is None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UserError
-from prunekit.report import human  # noqa: F401  (re-exported for the commands)
+from prunekit.report import human, jsonable  # noqa: F401  (human re-exported for the commands)
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -91,5 +91,5 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 def print_json(obj: Any) -> None:
     """Print `obj` as one JSON object on stdout."""
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=jsonable)
     sys.stdout.write("\n")

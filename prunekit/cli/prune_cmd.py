@@ -98,7 +98,7 @@ def run(args: Any) -> int:
     if args.json:
         print_json({
             "before": before, "after": after, "achieved": result.achieved, "target": str(result.target),
-            "info": _plain(result.info), "out": args.out,
+            "info": result.info, "out": args.out,
         })
         return 0
     rows = []
@@ -127,20 +127,11 @@ def _info_lines(info: dict) -> list[str]:
         lines.append(f"round_to: {value if value else 'none'}{why}")
     lat = info.get("latency")
     if isinstance(lat, dict) and "before_ms" in lat:
+        timed = len(lat.get("attempts", []))
         lines.append(
             f"latency search: {lat['before_ms']:.2f} -> {lat['after_ms']:.2f} ms ({lat['device']}, batch "
             f"{lat['batch_size']}), {lat['achieved']:.3f} removed for a target of {lat['target']:.3f}, "
-            f"{len(lat.get('attempts', []))} pruned candidate{'' if len(lat.get('attempts', [])) == 1 else 's'} timed"
+            f"{timed} pruned candidate{'' if timed == 1 else 's'} timed"
         )
     return lines
 
-
-def _plain(obj):
-    # method.info is plain data by convention; anything else is shown as text, never a crash
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
