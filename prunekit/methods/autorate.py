@@ -671,11 +671,7 @@ class AutoRate(Method):
             raise UserError("autorate needs data= (an iterable of (inputs, targets) batches) for its sensitivities")
         cfg: AutoRateConfig = self.options["config"]
         if self.round_to == "auto":
-            from prunekit import allocation
-
-            choice = allocation.resolve_round_to("auto", model=model, example_inputs=example_inputs, ignore=self.ignore)
-            cfg = replace(cfg, round_to=choice.value)
-            self.info["round_to"] = choice.to_dict()
+            cfg = replace(cfg, round_to=self.resolve_round_to(model, example_inputs))
         pruned, info = search(
             model, example_inputs, batches=data, retrain=retrain, evaluate=evaluate, config=cfg, ignore=self.ignore,
             baseline_top1=self.options["baseline_top1"], progress=print,

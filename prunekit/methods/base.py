@@ -69,6 +69,18 @@ class Method:
             raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(options))}")
         return {}
 
+    def resolve_round_to(self, model: nn.Module, example_inputs: torch.Tensor, *, default: int | str | None = None) -> int | None:
+        """Return the channel multiple for this method's `round_to` (`default` when it is None; an
+        integer; or "auto", measured on the device by `prunekit.allocation.resolve_round_to`), or
+        None for no rounding, and record how it was resolved in `info["round_to"]`."""
+        from prunekit import allocation  # measures the device: only when a method finalizes
+
+        asked = default if self.round_to is None else self.round_to
+        resolved = allocation.resolve_round_to(asked, model=model, example_inputs=example_inputs,
+                                               target=self.target, ignore=self.ignore)
+        self.info["round_to"] = resolved.to_dict()
+        return resolved.value
+
     # hooks -------------------------------------------------------------------------------------
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         """Prepare `model` before training (e.g. SNIP masks); return the model to train (may be new)."""

@@ -25,7 +25,6 @@ from torch import nn
 
 from prunekit import structure
 from prunekit.allocation import exact_fraction
-from prunekit.allocation import resolve_round_to as _resolve_round_to
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.targets import Target
@@ -221,15 +220,6 @@ def prune_channels_by_scores(
     return plan
 
 
-def resolve_round_to(method: Method, model: nn.Module, example_inputs: torch.Tensor) -> int | None:
-    """Return the channel multiple for `method.round_to` (None: no rounding, the default here; an
-    integer; or "auto", measured on the device) and record how it was resolved in `method.info`."""
-    resolved = _resolve_round_to(method.round_to, model=model, example_inputs=example_inputs,
-                                           target=method.target, ignore=method.ignore)
-    method.info["round_to"] = resolved.to_dict()
-    return resolved.value
-
-
 # ----------------------------------------------------------------------------------------------
 # the method
 
@@ -293,7 +283,7 @@ class Slimming(Method):
         scores = group_scores(model, example_inputs, importance=BNScaleImportance(), ignore=self.ignore)
         if not scores:
             raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
-        round_to = resolve_round_to(self, model, example_inputs)
+        round_to = self.resolve_round_to(model, example_inputs)  # default: no rounding
         plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
                                         round_to=round_to, allocation="global")
         removed = {n: k for n, k in plan.items() if k}

@@ -36,7 +36,7 @@ from torch import nn
 from prunekit import masks
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
-from prunekit.methods.slimming import group_scores, prune_channels_by_scores, resolve_round_to
+from prunekit.methods.slimming import group_scores, prune_channels_by_scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class SnipChannel(Method):
             raise UserError("method 'snip_channel' needs a target, e.g. params=0.5")
         scores = self.channel_scores(model, example_inputs=example_inputs, data=data)
         plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
-                                        round_to=resolve_round_to(self, model, example_inputs), allocation=self.options["allocation"])
+                                        round_to=self.resolve_round_to(model, example_inputs), allocation=self.options["allocation"])
         self.info.update({"channels_scored": int(sum(len(s) for s in scores.values())),
                           "channels_removed": int(sum(plan.values())),
                           "removed_per_group": {n: k for n, k in plan.items() if k}})

@@ -39,16 +39,12 @@ class StructuredMethod(Method):
         from prunekit import allocation
 
         importance = self.importance(model, example_inputs=example_inputs, data=data)
-        round_to = allocation.resolve_round_to(
-            "auto" if self.round_to is None else self.round_to,
-            model=model, example_inputs=example_inputs, target=self.target, ignore=self.ignore,
-        )
-        self.info["round_to"] = round_to.to_dict()
+        round_to = self.resolve_round_to(model, example_inputs, default="auto")
         if self.target.unit == "latency":
             report: dict[str, Any] = {}
             model = allocation.prune_to_latency(
                 model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
-                round_to=round_to.value, report=report,
+                round_to=round_to, report=report,
             )
             self.info["latency"] = report
             return model
@@ -58,7 +54,7 @@ class StructuredMethod(Method):
             importance=importance,
             target=self.target,
             ignore=self.ignore,
-            round_to=round_to.value,
+            round_to=round_to,
             allocation=self.options["allocation"],
         )
 
