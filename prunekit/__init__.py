@@ -11,10 +11,11 @@
 
 from prunekit._version import __version__
 from prunekit import models  # noqa: F401  (prunekit.models.create, list_models)
+from prunekit import tasks  # noqa: F401  (prunekit.tasks.create, list_tasks)
 from prunekit.api import PruneResult, prune
 from prunekit.io import export_onnx, load, save
 from prunekit.errors import UserError
 from prunekit.metrics import Measurement, measure, netscore
 from prunekit.targets import Target
 
-__all__ = ["__version__", "models", "save", "load", "export_onnx", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]
+__all__ = ["__version__", "models", "tasks", "save", "load", "export_onnx", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]

@@ -1,6 +1,6 @@
 """Pruning methods, registered by name (`list_methods()`, `create(name, **options)`)."""
 
-from prunekit.methods.base import METHODS, Method, create, list_methods, register
+from prunekit.methods.base import METHODS, Method, MethodContext, create, list_methods, register
 
 # Importing a method module registers its methods.
 from prunekit.methods import structured_baselines  # noqa: E402,F401  l1_filter, l2_filter, random
@@ -12,4 +12,4 @@ from prunekit.methods import sfp  # noqa: E402,F401  soft filter pruning
 from prunekit.methods import svd  # noqa: E402,F401  SVD low-rank training
 from prunekit.methods import autorate  # noqa: E402,F401  automatic per-layer rates (Sakai et al.)
 
-__all__ = ["METHODS", "Method", "create", "list_methods", "register"]
+__all__ = ["METHODS", "Method", "MethodContext", "create", "list_methods", "register"]

@@ -15,7 +15,9 @@ to zero weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +27,29 @@ from prunekit.errors import UserError
 from prunekit.registry import Registry
 from prunekit.targets import Target
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[Any]
+
+
+@dataclass
+class MethodContext:
+    """What a method may use besides the model, given once through `Method.setup(context)`.
+
+    `task` (a `prunekit.tasks.Task`) turns batches into losses and metrics; `batches` are the
+    scoring batches (any iterable of the task's batches, or None); `retrain(model) -> model`
+    trains one epoch with the run's settings and `evaluate(model) -> dict` returns the task's
+    metrics on the validation split (both None outside a run, e.g. in `prunekit.prune`);
+    `log(text)` reports progress (the run's console/log; silent by default); `out_dir` is where
+    a method may write plots.
+    """
+
+    task: Any
+    example_inputs: Any
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batches: Batches | None = None
+    retrain: Callable[[nn.Module], nn.Module] | None = None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    log: Callable[[str], None] = field(default=lambda _text: None)
+    out_dir: Path | None = None
 
 
 class Method:
@@ -42,6 +66,8 @@ class Method:
     needs_data: ClassVar[bool] = False
     #: a one-line description and the paper, for `prunekit list methods` and the README
     description: ClassVar[str] = ""
+    #: the methods a composite method runs one after another (each with its own fine-tune); empty otherwise
+    stages: Sequence["Method"] = ()
 
     def __init__(
         self,
@@ -82,6 +108,13 @@ class Method:
         return resolved.value
 
     # hooks -------------------------------------------------------------------------------------
+    def setup(self, context: MethodContext) -> None:
+        """Receive the run's task, scoring batches, retrain/evaluate callables and log (once, before
+        `at_init`); the base keeps it as `self.context`. Composite methods pass it to their stages."""
+        self.context = context
+        for stage in self.stages:
+            stage.setup(context)
+
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         """Prepare `model` before training (e.g. SNIP masks); return the model to train (may be new)."""
         return model
