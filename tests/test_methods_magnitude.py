@@ -108,3 +108,18 @@ def test_finalize_reaches_target_when_training_was_short_and_options_are_checked
         methods.create("magnitude", target="sparsity=0.5", schedule="gradual", end_epoch=5, frequency=2)
     with pytest.raises(UserError, match="oneshot, iterative, gradual"):
         methods.create("magnitude", target="sparsity=0.5", schedule="cubic")
+
+
+def test_method_none_prunes_nothing_and_takes_no_target():
+    import prunekit
+    from prunekit import methods
+    from prunekit.errors import UserError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    m = methods.create("none")
+    before = [p.detach().clone() for p in model.parameters()]
+    out = m.finalize(m.at_init(model, example_inputs=torch.zeros(1, 3, 8, 8)), example_inputs=torch.zeros(1, 3, 8, 8))
+    assert all(torch.equal(a, b) for a, b in zip(before, out.parameters()))
+    with pytest.raises(UserError, match="takes no target"):
+        methods.create("none", target="macs=0.5")
+    assert "none" in prunekit.methods.list_methods()
