@@ -144,3 +144,28 @@ def test_shufflenet_builder_keeps_torchvision_function():
     ours.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(ours(x), plain(x), atol=1e-6, rtol=0)
+
+
+def test_tp_group_l2_meets_macs_target_and_saves():
+    import prunekit
+    from prunekit import io as pio
+
+    model = prunekit.models.create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    result = prunekit.prune(model, method="tp_group_l2", target="macs=0.5", example_inputs=x)
+    assert abs(result.achieved["macs"] - 0.5) < 0.05
+    assert result.model(x).shape == (1, 1000)  # models.create defaults to 1000 classes
+    assert 0 < result.info["tp_ratio"] < 0.95
+    with pytest.raises(prunekit.UserError, match="do not round"):
+        prunekit.prune(prunekit.models.create("resnet20"), method="tp_group_l2", target="macs=0.5", example_inputs=x, round_to=8)
+
+
+def test_tp_group_l2_model_round_trips(tmp_path):
+    import prunekit
+
+    model = prunekit.models.create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    pruned = prunekit.prune(model, method="tp_group_l2", target="params=0.4", example_inputs=x).model.eval()
+    prunekit.save(pruned, tmp_path / "m.pt")
+    again = prunekit.load(tmp_path / "m.pt").eval()
+    assert torch.allclose(again(x), pruned(x), atol=1e-5)

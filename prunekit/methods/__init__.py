@@ -12,5 +12,6 @@ from prunekit.methods import sfp  # noqa: E402,F401  soft filter pruning
 from prunekit.methods import svd  # noqa: E402,F401  SVD low-rank training
 from prunekit.methods import autorate  # noqa: E402,F401  automatic per-layer rates (Sakai et al.)
 from prunekit.methods import dense  # noqa: E402,F401  none: the dense reference
+from prunekit.methods import torch_pruning_ref  # noqa: E402,F401  tp_group_l2: Torch-Pruning defaults, the peer
 
 __all__ = ["METHODS", "Method", "MethodContext", "create", "list_methods", "register"]
