@@ -24,9 +24,10 @@ from torch import nn
 
 from prunekit import inputs
 from prunekit.errors import UserError
+from prunekit.protection import (  # noqa: F401  (part of structure's API)
+    Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
+)
 from prunekit.targets import Target
-
-Protected = Sequence[str | nn.Module] | None
 
 #: module type -> Torch-Pruning pruning function, for prunekit's own layers (e.g. option-A shortcuts).
 CUSTOM_PRUNERS: dict[type[nn.Module], "tp.pruner.function.BasePruningFunc"] = {}
@@ -62,85 +63,6 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
             )
     finally:
         model.train(was_training)
-
-
-def classifier_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
-    """Return the conv/linear layers whose output reaches a model output (the classifier; every head
-    of a detector): `prunekit.tasks.output_layers`, the default `protected` of every function here."""
-    from prunekit.tasks.base import output_layers
-
-    return output_layers(model, example_inputs)
-
-
-def protected_layers(model: nn.Module, example_inputs: Any, protected: Protected = None) -> list[nn.Module]:
-    """Return the modules whose output size must not change: `protected` (modules, or their qualified
-    names; "" is the model itself) or, when None, the output layers (`classifier_layers`)."""
-    if protected is None:
-        return classifier_layers(model, example_inputs)
-    by_name = dict(model.named_modules())
-    found: list[nn.Module] = []
-    for item in protected:
-        if isinstance(item, nn.Module):
-            found.append(item)
-        elif item in by_name:
-            found.append(by_name[item])
-        else:
-            raise UserError(f"protected module {item!r} is not a module of the model")
-    return found
-
-
-def protected_names(model: nn.Module, example_inputs: Any, protected: Protected = None) -> list[str]:
-    """Return `protected_layers` as qualified names (they survive the deep copies a planner prunes)."""
-    names = module_names(model)
-    return [names[m] for m in protected_layers(model, example_inputs, protected) if m in names]
-
-
-def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
-    """Return the shapes of `model`'s output tensors for `example_inputs` (one eval forward)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return inputs.output_shapes(inputs.call(model, example_inputs))
-    finally:
-        model.train(was_training)
-
-
-def out_sizes(model: nn.Module, names: Sequence[str]) -> dict[str, int | None]:
-    """Return the output size (out_channels / out_features) of each named module (None if it has none)."""
-    by_name = dict(model.named_modules())
-    return {name: _out_size(by_name.get(name)) for name in names}
-
-
-def _out_size(module: nn.Module | None) -> int | None:
-    # a layer replaced by a factorised pair (svd) answers with its last layer's size
-    if module is None:
-        return None
-    size = getattr(module, "out_channels", getattr(module, "out_features", None))
-    if size is None:
-        sizes = [_out_size(m) for m in module.children()]
-        sizes = [v for v in sizes if v is not None]
-        size = sizes[-1] if sizes else None
-    return size
-
-
-def check_outputs(model: nn.Module, example_inputs: Any, *, before: list[tuple[int, ...]],
-                  sizes: dict[str, int | None] | None = None, what: str = "pruning") -> None:
-    """Raise `UserError` when `model`'s output shapes differ from `before` (or a protected module's
-    output size from `sizes`), naming the module; structural changes never change an output silently."""
-    changed = []
-    if sizes:
-        now = out_sizes(model, list(sizes))
-        changed = [f"{name or '<model>'} ({sizes[name]} -> {now[name]})" for name in sizes if now[name] != sizes[name]]
-    after = output_shapes(model, example_inputs)
-    if not changed and after == before:
-        return
-    if not changed:
-        names = module_names(model)
-        layers = [names.get(m, "?") for m in classifier_layers(model, example_inputs)]
-        changed = [f"an output fed by {', '.join(layers) or 'the model'}"]
-    raise UserError(f"{what} would change the output size of {'; '.join(changed)} (outputs {before} -> {after}); "
-                    "protect it (the task's protected modules, or ignore=) so that outputs keep their shape")
 
 
 def fixed_layers(model: nn.Module) -> list[nn.Module]:
