@@ -22,11 +22,17 @@ Follows the reference code (FujitsuResearch/automatic_pruning, auto_prune_cifar1
 5. Repeat until every rate is 0, the bound goes negative, or the budget (`rounds`,
    `epochs_per_round`, `max_epochs`) ends.
 
-Retraining and evaluation are injectable callables (`retrain(model)` trains one epoch,
-`evaluate(model)` returns top-1 in %); `bind_run` builds them from `prunekit.train` and a
-`DataBundle` for `prunekit run`.
-"""
+The loss (step 1) is the task's summed loss and the accept test (step 4) reads the task's
+primary metric in its direction (`prunekit.tasks`; classification: cross-entropy and top-1).
+Retraining and evaluation are callables: the run's `MethodContext.retrain` / `evaluate` when
+`setup` gave them, else the `retrain` / `evaluate` options (`retrain(model)` trains one epoch,
+`evaluate(model)` returns the primary metric or the task's metrics dict); `bind_run` builds
+them from `prunekit.train` and a `DataBundle` for `prunekit run`. Progress goes to the
+context's `log`.
 
+Layout: the formulas are in `autorate_rates`, the search loop in `autorate_search`, the plot
+in `autorate_plot`; their public names are importable from here.
+"""
 
 from __future__ import annotations
 
