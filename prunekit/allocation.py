@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from prunekit import structure
+from prunekit import inputs, structure
 from prunekit.errors import UserError
 from prunekit.targets import Target
 
@@ -224,9 +224,12 @@ class DeviceTimer:
     def model_ms(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         """Return the measured forward time of a copy of `model` on a `batch_size` batch, in milliseconds."""
         net = copy.deepcopy(model)
-        x = torch.randn(self.batch_size, *example_inputs.shape[1:])
-        net, x = self._prepare(net, x)
-        return self.time_call(lambda: net(x))
+        x = inputs.like(example_inputs, batch_size=self.batch_size, fill="randn", device="cpu")
+        if isinstance(x, torch.Tensor):
+            net, x = self._prepare(net, x)
+        else:
+            net, x = net.eval().to(self.device), inputs.to(x, self.device)
+        return self.time_call(lambda: inputs.call(net, x))
 
 
 _TIMER_OVERRIDE: list[Timer] = []
@@ -452,9 +455,12 @@ class _Plan:
     """The layers' lookup-table view of a model: which group cuts which layer's inputs and outputs."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, importance: structure.Importance,
-                 ignore: Sequence[str | nn.Module], round_to: int | None, batch_size: int, max_ratio: float) -> None:
+                 ignore: Sequence[str | nn.Module], round_to: int | None, batch_size: int, max_ratio: float,
+                 protected: structure.Protected = None) -> None:
         graph = structure.build_graph(model, example_inputs)
-        self.groups = [g for g in structure.channel_groups(model, example_inputs, ignore=ignore, graph=graph) if g.root_name != "?"]
+        self.groups = [g for g in structure.channel_groups(model, example_inputs, ignore=ignore, graph=graph, protected=protected)
+                       if g.root_name != "?"]
+        self.protected = protected
         shapes = _input_shapes(model, example_inputs)
         index: dict[nn.Module, _Layer] = {}
         for m, shape in shapes.items():
@@ -510,8 +516,8 @@ class _Plan:
 def _input_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, tuple[int, ...]]:
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
-    def record(module: nn.Module, inputs: Any, _output: Any) -> None:
-        shapes.setdefault(module, tuple(inputs[0].shape))
+    def record(module: nn.Module, args: Any, _output: Any) -> None:
+        shapes.setdefault(module, tuple(args[0].shape))
 
     hooks = [
         m.register_forward_hook(record)
@@ -522,7 +528,7 @@ def _input_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Mod
     model.eval()
     try:
         with torch.no_grad():
-            model(example_inputs)
+            inputs.call(model, example_inputs)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -568,6 +574,7 @@ def prune_to_latency(
     max_attempts: int = 6,
     pairs: int = 3,
     report: dict[str, Any] | None = None,
+    protected: structure.Protected = None,
 ) -> nn.Module:
     """Remove channels from `model` in place until its *measured* latency drops by `target`; return it.
 
@@ -581,12 +588,14 @@ def prune_to_latency(
     prediction re-calibrated, up to `max_attempts` times, until the measured fraction removed
     is at least target - `tolerance`. No group loses more than `max_ratio` of
     its channels. When `report` (a dict) is given it is filled with a `LatencyReport`'s data.
+    `protected` modules (default: every output layer) keep their output size.
     """
     value = _latency_value(target)
+    protected = structure.protected_names(model, example_inputs, protected)
     dev = torch.device(device) if device is not None else model_device(model)
     timer = timer or default_timer(dev, batch_size=batch_size)
     plan = _Plan(model, example_inputs, importance=importance, ignore=ignore, round_to=round_to,
-                 batch_size=getattr(timer, "batch_size", 1), max_ratio=max_ratio)
+                 batch_size=getattr(timer, "batch_size", 1), max_ratio=max_ratio, protected=protected)
     table: dict[LayerSpec, float] = {}
 
     def layer_time(spec: LayerSpec) -> float:
@@ -686,7 +695,8 @@ def _remove(model: nn.Module, example_inputs: torch.Tensor, plan: _Plan, removed
             importance: structure.Importance, ignore: Sequence[str | nn.Module]) -> None:
     ratios = {g.root_name: exact_fraction(r, g.size) for g, r in zip(plan.groups, removed) if r > 0}
     if ratios:
-        structure.remove_channels(model, example_inputs, importance=importance, ratios=ratios, ignore=ignore, round_to=None)
+        structure.remove_channels(model, example_inputs, importance=importance, ratios=ratios, ignore=ignore, round_to=None,
+                                  protected=plan.protected)
 
 
 # --------------------------------------------------------------------------------------------

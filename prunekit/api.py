@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit import methods
+from prunekit import methods, structure, tasks
 from prunekit.errors import UserError
+from prunekit.methods.base import MethodContext
 from prunekit.metrics import Measurement, achieved, measure
 from prunekit.targets import Target
 
@@ -33,25 +34,39 @@ def prune(
     *,
     method: str,
     target: Target | str,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
+    task: tasks.Task | str | None = None,
     ignore: Sequence[str | nn.Module] = (),
     round_to: int | str | None = None,
-    data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    data: Iterable[Any] | None = None,
+    log: Callable[[str], None] | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune `model` in place with `method` to `target` and return a `PruneResult`.
 
-    `target` is "unit=fraction" (fraction REMOVED) or a `Target`. `data` is any iterable of
-    (inputs, targets) batches, for methods that score with data. Method-specific options are
-    keyword arguments. The one-shot form runs the method's `at_init` then `finalize`.
+    `target` is "unit=fraction" (fraction REMOVED) or a `Target`. `example_inputs` is a tensor or
+    a tuple of the model's positional inputs. `task` (a `prunekit.tasks.Task`, a registered name
+    or "module:Class"; default classification) gives the loss data-scored methods differentiate
+    and the modules whose output size must not change (every output layer by default). `data` is
+    any iterable of the task's batches (classification: (inputs, targets)), for methods that score
+    with data. `log` receives the method's progress lines (default: silent). Method-specific
+    options are keyword arguments. The one-shot form runs `setup`, `at_init` then `finalize`;
+    the model's output shapes are the same afterwards (else a `UserError` names the module).
     """
     target = Target.parse(target)
+    task = tasks.resolve(task)
     m = methods.create(method, target=target, ignore=ignore, round_to=round_to, **options)
     if m.needs_data and data is None:
-        raise UserError(f"method {method!r} scores with data: pass data= (an iterable of (inputs, targets) batches)")
+        raise UserError(f"method {method!r} scores with data: pass data= (an iterable of the task's batches)")
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    m.setup(MethodContext(task=task, example_inputs=example_inputs, device=device, batches=data,
+                          log=log or (lambda _text: None)))
     before = measure(model, example_inputs)
+    shapes = structure.output_shapes(model, example_inputs)
     pruned = m.at_init(model, example_inputs=example_inputs, data=data)
     pruned = m.finalize(pruned, example_inputs=example_inputs, data=data)
+    structure.check_outputs(pruned, example_inputs, before=shapes, what=f"method {method!r}")
     after = measure(pruned, example_inputs)
     return PruneResult(
         model=pruned,

@@ -19,10 +19,18 @@ from torch import nn
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
+from prunekit import inputs  # noqa: E402
+
+
+def _channels_last(x):
+    if isinstance(x, torch.Tensor):
+        return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return type(x)(_channels_last(v) for v in x)
+
 
 def latency(
     model: nn.Module,
-    example_inputs: torch.Tensor,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     device: str = "cpu",
     batch_size: int = 1,
@@ -38,19 +46,19 @@ def latency(
     """
     dev = torch.device(device)
     net = copy.deepcopy(model).eval().to(dev)
-    x = torch.randn(batch_size, *example_inputs.shape[1:], device=dev)
+    x = inputs.like(example_inputs, batch_size=batch_size, fill="randn", device=dev)
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
         net = net.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
+        x = _channels_last(x)
     if compile:
         net = torch.compile(net)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def forward() -> None:
         with torch.inference_mode(), autocast:
-            net(x)
+            inputs.call(net, x)
 
     for _ in range(warmup):
         forward()

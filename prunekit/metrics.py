@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunekit import inputs
+
 _COUNTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -95,12 +97,13 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, example_inputs: torch.Tensor) -> Measurement:
-    """Return the `Measurement` of `model` for inputs shaped like `example_inputs` (any batch size).
+def measure(model: nn.Module, example_inputs: Any) -> Measurement:
+    """Return the `Measurement` of `model` for inputs shaped like `example_inputs` (any batch size;
+    a tensor or a tuple of the model's inputs, the batch size read from the first).
 
     Runs one forward pass in eval mode; MACs are divided by the batch size (per image).
     """
-    batch = int(example_inputs.shape[0]) if example_inputs.dim() > 0 else 1
+    batch = inputs.batch_size(example_inputs)
     out_shapes: dict[nn.Module, torch.Size] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _i, out: out_shapes.__setitem__(mod, out.shape))
@@ -111,7 +114,7 @@ def measure(model: nn.Module, example_inputs: torch.Tensor) -> Measurement:
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(example_inputs)
+            inputs.call(model, example_inputs)
     finally:
         model.train(was_training)
         for h in hooks:

@@ -22,7 +22,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunekit import inputs
 from prunekit.errors import UserError
+from prunekit.protection import (  # noqa: F401  (part of structure's API)
+    Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
+)
 from prunekit.targets import Target
 
 #: module type -> Torch-Pruning pruning function, for prunekit's own layers (e.g. option-A shortcuts).
@@ -45,38 +49,20 @@ def register_custom_pruner(module_type: type[nn.Module], pruner: "tp.pruner.func
 # graph and groups
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Return Torch-Pruning's DependencyGraph of `model`, traced with `example_inputs`."""
+def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """Return Torch-Pruning's DependencyGraph of `model`, traced with `example_inputs` (a tensor or a
+    tuple of the model's positional inputs)."""
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
+                model, example_inputs=example_inputs, forward_fn=inputs.call, customized_pruners=dict(CUSTOM_PRUNERS),
+                verbose=False,
             )
     finally:
         model.train(was_training)
-
-
-def classifier_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """Return the last conv/linear layer run by `model` (its output size must never change)."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
-        for m in model.modules()
-        if isinstance(m, ROOT_TYPES)
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return order[-1:]
 
 
 def fixed_layers(model: nn.Module) -> list[nn.Module]:
@@ -131,11 +117,13 @@ class ChannelGroup:
 
 
 def channel_groups(
-    model: nn.Module, example_inputs: torch.Tensor, *, ignore: Sequence[str | nn.Module] = (), graph: tp.DependencyGraph | None = None
+    model: nn.Module, example_inputs: Any, *, ignore: Sequence[str | nn.Module] = (), graph: tp.DependencyGraph | None = None,
+    protected: Protected = None,
 ) -> list[ChannelGroup]:
-    """Return the prunable channel groups of `model`; the classifier and `ignore`d layers are left out."""
+    """Return the prunable channel groups of `model`; `protected` layers (default: every output
+    layer, see `protected_layers`) and `ignore`d layers are left out."""
     graph = graph or build_graph(model, example_inputs)
-    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs) + fixed_layers(model)
+    ignored = resolve_ignore(model, ignore) + protected_layers(model, example_inputs, protected) + fixed_layers(model)
     names = module_names(model)
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
@@ -189,18 +177,18 @@ def _plain_idxs(idxs: Sequence[Any]) -> list[int]:
     return [int(getattr(i, "idx", i)) for i in idxs]
 
 
-def _record(model: nn.Module, graph: tp.DependencyGraph, example_inputs: torch.Tensor) -> None:
+def _record(model: nn.Module, graph: tp.DependencyGraph, example_inputs: Any) -> None:
     history = [[name, bool(is_out), _plain_idxs(idxs)] for name, is_out, idxs in graph.pruning_history()]
     if not history:
         return
     ops = list(getattr(model, "prunekit_ops", []))
-    ops.append({"op": "prune", "input_shape": list(example_inputs.shape[1:]), "history": history})
+    ops.append({"op": "prune", **inputs.record_shapes(example_inputs), "history": history})
     model.prunekit_ops = ops
 
 
 def remove_channels(
     model: nn.Module,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
     *,
     importance: Importance,
     ratio: float = 0.0,
@@ -209,20 +197,27 @@ def remove_channels(
     round_to: int | None = None,
     allocation: str = "uniform",
     max_ratio: float = 0.95,
+    protected: Protected = None,
 ) -> nn.Module:
     """Physically remove channels from `model` in place and return it.
 
     `ratio` is the fraction of channels removed per group (uniform allocation) or overall (global
     allocation: one ranking of normalised scores across groups); `ratios` maps root-layer names
     to per-layer fractions (automatic rates). Kept channel counts are multiples of `round_to`.
-    No layer loses all its channels (at most `max_ratio` of a group goes); the classifier's output
-    size never changes. The change is appended to `model.prunekit_ops` for save/load.
+    No layer loses all its channels (at most `max_ratio` of a group goes); `protected` layers
+    (default: every layer feeding a model output) keep their output size, and if the model's
+    output shapes changed anyway a `UserError` names the module. The change is appended to
+    `model.prunekit_ops` for save/load.
     """
     if allocation not in ("uniform", "global"):
         raise UserError(f"allocation {allocation!r} is not one of uniform, global")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise UserError(f"round_to={round_to!r} must be a positive integer")
-    ignored = resolve_ignore(model, ignore) + classifier_layers(model, example_inputs) + fixed_layers(model)
+    guarded = protected_layers(model, example_inputs, protected)
+    ignored = resolve_ignore(model, ignore) + guarded + fixed_layers(model)
+    names = module_names(model)
+    sizes = out_sizes(model, [names[m] for m in guarded if m in names])
+    before = output_shapes(model, example_inputs)
     by_name = dict(model.named_modules())
     ratio_dict = {}
     for name, r in (ratios or {}).items():
@@ -245,16 +240,18 @@ def remove_channels(
             ignored_layers=ignored,
             round_to=round_to,
             customized_pruners=dict(CUSTOM_PRUNERS),
+            forward_fn=inputs.call,
         )
         with torch.no_grad():
             pruner.step()
     model.train(was_training)
+    check_outputs(model, example_inputs, before=before, sizes=sizes, what="removing channels")
     _record(model, pruner.DG, example_inputs)
     return model
 
 
 def zero_channels(
-    model: nn.Module, example_inputs: torch.Tensor, *, history: Sequence[Sequence[Any]], filters_only: bool = False
+    model: nn.Module, example_inputs: Any, *, history: Sequence[Sequence[Any]], filters_only: bool = False
 ) -> nn.Module:
     """Zero, instead of removing, the channels a pruning `history` names; return `model`.
 
@@ -297,7 +294,7 @@ def zero_channels(
 
 def replay_prune(model: nn.Module, op: dict[str, Any]) -> nn.Module:
     """Re-apply a recorded "prune" op on a freshly built model (used by `prunekit.load`)."""
-    example = torch.zeros(1, *op["input_shape"])
+    example = inputs.from_shapes(op)
     graph = build_graph(model, example)
     history = [(name, bool(is_out), list(idxs)) for name, is_out, idxs in op["history"]]
     with torch.no_grad():
@@ -314,7 +311,7 @@ def replay_prune(model: nn.Module, op: dict[str, Any]) -> nn.Module:
 
 def prune_to_target(
     model: nn.Module,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
     *,
     importance: Importance,
     target: Target | str,
@@ -323,6 +320,7 @@ def prune_to_target(
     allocation: str = "uniform",
     tolerance: float = 0.02,
     max_iter: int = 14,
+    protected: Protected = None,
 ) -> nn.Module:
     """Remove channels until `target` (channels, params or macs, fraction removed) is met; return the model.
 
@@ -332,7 +330,8 @@ def prune_to_target(
     from prunekit.metrics import measure
 
     target = Target.parse(target)
-    kwargs = dict(ignore=ignore, round_to=round_to, allocation=allocation)
+    protected = protected_names(model, example_inputs, protected)  # names: the trials are copies
+    kwargs = dict(ignore=ignore, round_to=round_to, allocation=allocation, protected=protected)
     if target.unit == "channels":
         return remove_channels(model, example_inputs, importance=importance, ratio=target.value, **kwargs)
     if target.unit not in ("params", "macs"):
@@ -366,7 +365,7 @@ def prune_to_target(
         # Channel granularity (round_to, small layers) makes every group jump at once. Between
         # the uniform ratios just under (lo) and over (hi) the target, move groups one at a time
         # from lo to hi: k groups at hi is monotone in k, so bisect on k.
-        roots = [g.root_name for g in channel_groups(model, example_inputs, ignore=ignore)]
+        roots = [g.root_name for g in channel_groups(model, example_inputs, ignore=ignore, protected=protected)]
         k_lo, k_hi = 0, len(roots)
         while k_hi - k_lo > 1:
             k = (k_lo + k_hi) // 2

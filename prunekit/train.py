@@ -3,15 +3,17 @@
     result = train(model, data=bundle, config=TrainConfig(epochs=30, lr=0.1), hooks=[method],
                    device="cuda", log_path="run/log.jsonl", checkpoint_path="run/train.ckpt")
 
-What it does, per step: forward (bf16 autocast on CUDA), cross-entropy (label smoothing) plus
-every hook's `regularizer(model)`, backward, hooks' `after_backward(model)`, optional gradient
+What it does, per step: the task moves the batch to the device and runs the model (bf16 autocast
+on CUDA); the task's named losses (classification: cross-entropy with label smoothing) are summed,
+plus every hook's `regularizer(model)`, backward, hooks' `after_backward(model)`, optional gradient
 clipping, optimizer and schedule step (the schedule moves every iteration), hooks'
 `after_step(model)`. Per epoch: hooks' `after_epoch(model, epoch=e)`, evaluation on the
-validation split (else the test split), one JSON line in `log_path`, an atomic checkpoint with
+validation split (else the test split) by `task.evaluate`, one JSON line in `log_path`, an atomic checkpoint with
 everything needed to continue bit-exactly (`resume=True`).
 
 Hooks are any objects; only the methods they have are called (a `prunekit.methods.Method`
-has them all). The trainer knows nothing about any pruning method.
+has them all). The trainer knows nothing about any pruning method, nor what a batch holds: the
+task (`prunekit.tasks`, default classification) does.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ import os
 import random
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from prunekit import tasks
 from prunekit.errors import UserError
+from prunekit.tasks.classification import autocast as _autocast
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "multistep", "constant")
@@ -109,7 +111,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """The trained model (same object as passed in), one dict per epoch, and the best epoch by validation top-1."""
+    """The trained model (same object as passed in), one dict per epoch, and the best epoch by the task's primary
+    validation metric (classification: `val_top1`), in its direction."""
 
     model: nn.Module
     history: list[dict] = field(default_factory=list)
@@ -251,46 +254,15 @@ def _config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]
     return diffs
 
 
-def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu", amp: bool = True,
+def evaluate(model: nn.Module, loader: Iterable, *, task: Any = None, device: str | torch.device = "cpu", amp: bool = True,
              max_batches: int | None = None) -> dict[str, float]:
-    """Return {"top1": %, "top5": %, "loss": mean cross-entropy per image, "images": count} of `model` on `loader`.
+    """Return the task's metrics of `model` on `loader` (`task.evaluate`; default classification:
+    {"top1": %, "top5": %, "loss": mean cross-entropy per image, "images": count}).
 
-    The model is put in eval mode for the pass and left in the mode it was in. top5 is top-min(5, classes).
+    The model is put in eval mode for the pass and left in the mode it was in.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top1 = torch.zeros((), dtype=torch.long, device=device)
-    top5 = torch.zeros((), dtype=torch.long, device=device)
-    images = 0
-    try:
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            top1 += _topk_correct(logits, y, 1)
-            top5 += _topk_correct(logits, y, 5)
-            images += y.shape[0]
-    finally:
-        model.train(was_training)
-    if images == 0:
-        raise UserError("evaluation got no batches (empty split?)")
-    return {"top1": 100.0 * top1.item() / images, "top5": 100.0 * top5.item() / images, "loss": loss_sum.item() / images, "images": images}
+    return tasks.resolve(task).evaluate(model, loader, device=device, amp=amp, max_batches=max_batches)
 
 
 # -- progress display -------------------------------------------------------------------------
@@ -328,6 +300,15 @@ class _Display:
 # -- the loop ---------------------------------------------------------------------------------
 
 
+def _sum(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    total: torch.Tensor | None = None
+    for v in values:
+        total = v if total is None else total + v
+    if total is None:
+        raise UserError("the task returned no losses to train on")
+    return total
+
+
 def _call(hooks: Sequence[Any], name: str, *args: Any, **kwargs: Any) -> list[Any]:
     return [getattr(h, name)(*args, **kwargs) for h in hooks if callable(getattr(h, name, None))]
 
@@ -348,6 +329,7 @@ def train(
     *,
     data: Any,
     config: TrainConfig,
+    task: Any = None,
     hooks: Sequence[Any] = (),
     device: str | torch.device = "cpu",
     stage: str = "train",
@@ -363,8 +345,14 @@ def train(
     existing checkpoint, training continues after its epoch with the same results as an
     uninterrupted run (it must have been written with the same config). A NaN or infinite loss
     raises `TrainingDiverged`. `history` entries are the lines written to `log_path`.
+
+    `task` (a `prunekit.tasks.Task` or a task name; default classification) turns each batch into
+    named losses, which are summed (plus the hooks' regularizers) and stepped; validation is
+    `task.evaluate`, and `best` is the epoch with the best primary metric in its direction.
     """
     config.validate()
+    task = tasks.resolve(task)
+    primary = task.primary
     device = torch.device(device)
     hooks = [h for h in hooks if h is not None]
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -415,17 +403,18 @@ def train(
             if callable(getattr(data.train, "set_epoch", None)):
                 data.train.set_epoch(epoch)
             model.train()
-            task = display.epoch(epoch, config.epochs, steps_per_epoch)
+            bar = display.epoch(epoch, config.epochs, steps_per_epoch)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            named_sums: dict[str, torch.Tensor] = {}
+            stat_sums: dict[str, torch.Tensor] = {}
             finite = torch.ones((), dtype=torch.bool, device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
             seen, t0 = 0, time.perf_counter()
-            for step, (x, y) in enumerate(itertools.islice(data.train, steps_per_epoch)):
-                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                y = y.to(device, non_blocking=True)
+            for step, batch in enumerate(itertools.islice(data.train, steps_per_epoch)):
+                batch = task.to_device(batch, device, memory_format=memory_format)
                 with _autocast(device, config.amp):
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                    outputs = task.forward(forward, batch)
+                losses = task.train_losses(outputs, batch, config=config)
+                loss = _sum(losses.values())
                 total = loss
                 for extra in _call(hooks, "regularizer", model):
                     if extra is not None:
@@ -441,13 +430,17 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 _call(hooks, "after_step", model)
-                loss_sum += loss.detach().double() * y.shape[0]
-                correct += _topk_correct(logits.detach(), y, 1)
-                seen += y.shape[0]
-                if task is not None and ((step + 1) % 20 == 0 or step + 1 == steps_per_epoch):
+                n = task.batch_size(batch)
+                loss_sum += loss.detach().double() * n
+                for name, value in losses.items():
+                    named_sums[name] = named_sums.get(name, 0) + value.detach().double() * n
+                for name, value in task.train_stats(outputs, batch).items():
+                    stat_sums[name] = stat_sums.get(name, 0) + torch.as_tensor(value).detach().double()
+                seen += n
+                if bar is not None and ((step + 1) % 20 == 0 or step + 1 == steps_per_epoch):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    info = f"loss {loss_sum.item() / seen:.4f}  acc {100 * correct.item() / seen:.2f}%  {rate:.0f} img/s"
-                    display.update(task, step + 1, info)
+                    stats = "".join(f"  {k} {v.item() / seen:.2f}" for k, v in stat_sums.items())
+                    display.update(bar, step + 1, f"loss {loss_sum.item() / seen:.4f}{stats}  {rate:.0f} img/s")
             if not finite:
                 raise _diverged(stage, epoch, steps_per_epoch - 1, float("nan"), scheduler.get_last_lr()[0], ckpt_path, last_good)
             if device.type == "cuda":
@@ -455,19 +448,22 @@ def train(
             train_time = time.perf_counter() - t0
             _call(hooks, "after_epoch", model, epoch=epoch)
 
-            record: dict[str, Any] = {
-                "stage": stage, "epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_top1": 100.0 * correct.item() / max(seen, 1), "val_top1": None, "val_loss": None,
-                "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(train_time, 1e-9),
-            }
+            key = f"val_{primary.name}"
+            record: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1)}
+            if len(named_sums) > 1:
+                record.update({f"train_loss_{k}": v.item() / max(seen, 1) for k, v in named_sums.items()})
+            record.update({f"train_{k}": v.item() / max(seen, 1) for k, v in stat_sums.items()})
+            record.update({key: None, "val_loss": None,
+                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(train_time, 1e-9)})
             if epoch == config.epochs - 1 or (config.eval_every and (epoch + 1) % config.eval_every == 0):
                 loader = data.val if data.val is not None else data.test
-                scores = evaluate(model, loader, device=device, amp=config.amp, max_batches=config.eval_max_batches)
-                record.update(val_top1=scores["top1"], val_loss=scores["loss"], val_top5=scores["top5"],
-                              eval_split="val" if data.val is not None else "test")
+                scores = task.evaluate(model, loader, device=device, amp=config.amp, max_batches=config.eval_max_batches)
+                task.primary_value(scores)  # a UserError if the task's evaluate lacks its primary metric
+                record.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
+                record["eval_split"] = "val" if data.val is not None else "test"
             record["epoch_time_s"] = time.perf_counter() - t0
             history.append(record)
-            if record["val_top1"] is not None and (best is None or record["val_top1"] > best["val_top1"]):
+            if record[key] is not None and (best is None or primary.better(record[key], best[key])):
                 best = dict(record)
 
             if ckpt_path is not None:

@@ -2,12 +2,16 @@
 
 The flow for one method (DESIGN.md):
 
+    method.setup(MethodContext(task=task, example_inputs=x, batches=batches, retrain=..., evaluate=..., log=...))
     model = method.at_init(model, example_inputs=x, data=batches)   # SNIP masks, structured SNIP removal
     train(model, hooks=[method])                                     # regularizer / after_backward / after_step / after_epoch
     model = method.finalize(model, example_inputs=x, data=batches)  # hard prune: remove channels, truncate ranks, masks
     train(model, hooks=[method.finetune_hooks()])                    # fine-tune (masks keep holding)
 
-`prunekit.prune()` runs the one-shot form: `at_init` then `finalize`, no training in between.
+`prunekit.prune()` runs the one-shot form: `setup`, `at_init` then `finalize`, no training in between.
+A method scores with `self.task` (the context's task, else classification: `task_loss` sums its
+named losses), protects `self.protected(model, x)` (the task's protected modules, by name) and
+reports progress through `self.log` (silent unless the context gives a log).
 A method never calls the trainer, and never does channel surgery itself: it asks
 `prunekit.structure` (Torch-Pruning's DependencyGraph) to remove channels and `prunekit.masks`
 to zero weights.
@@ -23,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from prunekit import tasks
 from prunekit.errors import UserError
 from prunekit.registry import Registry
 from prunekit.targets import Target
@@ -50,6 +55,27 @@ class MethodContext:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     log: Callable[[str], None] = field(default=lambda _text: None)
     out_dir: Path | None = None
+
+
+def task_loss(task: Any, model: nn.Module, batch: Any, *, scale: float | None = None) -> torch.Tensor:
+    """Return the sum of the task's named losses of `model` on `batch` (already on the device).
+
+    `scale` divides the model's outputs first (GraSP's temperature): a task applies it when it has
+    `scaled_loss(model, batch, scale=)` (classification divides its logits); for any other task
+    the loss is unscaled (the temperature applies to classification logits only).
+    """
+    task = tasks.resolve(task)
+    if scale is not None and scale != 1.0 and callable(getattr(task, "scaled_loss", None)):
+        losses = task.scaled_loss(model, batch, scale=scale)
+    else:
+        losses = task.loss(model, batch)
+    values = list(losses.values())
+    if not values:
+        raise UserError(f"task {task.name!r} returned no losses to score with")
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
 
 
 class Method:
@@ -116,6 +142,26 @@ class Method:
         self.context = context
         for stage in self.stages:
             stage.setup(context)
+
+    @property
+    def task(self) -> Any:
+        """The task this method scores and protects with: `context.task` after `setup`, else classification."""
+        context = getattr(self, "context", None)
+        if context is not None and context.task is not None:
+            return tasks.resolve(context.task)
+        return tasks.resolve(None)
+
+    def log(self, text: str) -> None:
+        """Report progress through the context's `log` (silent without `setup`)."""
+        context = getattr(self, "context", None)
+        if context is not None and context.log is not None:
+            context.log(text)
+
+    def protected(self, model: nn.Module, example_inputs: Any) -> list[str]:
+        """Return the names of the modules whose output size must not change (the task's `protected`),
+        for the structure functions' `protected=` (names survive the copies a planner makes)."""
+        names = {m: n for n, m in model.named_modules()}
+        return [names[m] for m in self.task.protected(model, example_inputs) if m in names]
 
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         """Prepare `model` before training (e.g. SNIP masks); return the model to train (may be new)."""

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import structure
+from prunekit import inputs, structure
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.metrics import measure
@@ -113,7 +113,7 @@ class SoftFilterPruning(Method):
         return {"rate": rate, "every": every, "scope": scope, "zero_at_init": zero_at_init, "zero_norm": zero_norm}
 
     def __init__(self, **kwargs: Any) -> None:
-        self._example: torch.Tensor | None = None
+        self._example: Any = None
         self._groups: list[structure.ChannelGroup] | None = None
         self._groups_model: int | None = None
         self.zeroings = 0
@@ -129,9 +129,9 @@ class SoftFilterPruning(Method):
             modules = dict(model.named_modules())
             cached = all(modules.get(g.root_name) is g.root for g in self._groups)
         if not cached:
-            x = self._example.to(next(model.parameters()).device)
+            x = inputs.to(self._example, next(model.parameters()).device)
             with torch.enable_grad():  # Torch-Pruning traces with autograd; a hook may run under no_grad
-                self._groups = structure.channel_groups(model, x, ignore=self.ignore)
+                self._groups = structure.channel_groups(model, x, ignore=self.ignore, protected=self.protected(model, x))
             self._groups_model = id(model)
         return self._groups
 
@@ -178,7 +178,7 @@ class SoftFilterPruning(Method):
         chosen = self.select(model)
         whole_group = self.options["zero_norm"] if whole_group is None else whole_group
         if chosen:
-            x = self._example.to(next(model.parameters()).device)
+            x = inputs.to(self._example, next(model.parameters()).device)
             with torch.enable_grad():
                 structure.zero_channels(model, x, history=[[name, True, idxs] for name, idxs in chosen.items()],
                                         filters_only=not whole_group)
@@ -194,7 +194,7 @@ class SoftFilterPruning(Method):
 
     # hooks ---------------------------------------------------------------------------------------
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
-        self._example = example_inputs[:1].detach().clone()
+        self._example = _first(example_inputs)
         if self.options["zero_at_init"]:
             self.soft_prune(model)
         return model
@@ -205,8 +205,8 @@ class SoftFilterPruning(Method):
 
     def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         """Zero once more, then remove exactly the zero channels through the dependency graph; return the model."""
-        self._example = example_inputs[:1].detach().clone()
-        x = self._example.to(next(model.parameters()).device)
+        self._example = _first(example_inputs)
+        x = inputs.to(self._example, next(model.parameters()).device)
         before = measure(model, x)
         chosen = self.soft_prune(model, whole_group=True)  # the exact network that removal keeps
         sizes = {g.root_name: g.size for g in self._groups_of(model)}
@@ -217,7 +217,7 @@ class SoftFilterPruning(Method):
             ratios = {name: (len(idxs) - 0.5) / sizes[name] for name, idxs in chosen.items()}
             structure.remove_channels(
                 model, x, importance=_ChosenFirst(model, chosen), ratios=ratios, ignore=self.ignore,
-                round_to=None, allocation="uniform",
+                round_to=None, allocation="uniform", protected=self.protected(model, x),
             )
         self._groups = None
         after = measure(model, x)
@@ -239,6 +239,15 @@ class SoftFilterPruning(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.zeroings = int(state.get("zeroings", 0))
+
+
+def _first(example_inputs: Any) -> Any:
+    """One example (batch 1) of the inputs, detached and copied: a tensor or a tuple of tensors."""
+    return _clone(inputs.take(example_inputs, 1))
+
+
+def _clone(x: Any) -> Any:
+    return x.clone() if isinstance(x, torch.Tensor) else type(x)(_clone(v) for v in x)
 
 
 class _ChosenFirst:

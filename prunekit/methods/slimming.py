@@ -60,13 +60,14 @@ class BNScaleImportance:
         return imp if found else None
 
 
-def group_scores(model: nn.Module, example_inputs: torch.Tensor, *, importance: Any, ignore: Sequence[str | nn.Module] = ()) -> dict[str, torch.Tensor]:
+def group_scores(model: nn.Module, example_inputs: Any, *, importance: Any, ignore: Sequence[str | nn.Module] = (),
+                 protected: structure.Protected = None) -> dict[str, torch.Tensor]:
     """Return {root layer name: one score per channel} for every prunable group `importance` scores.
 
     Groups for which `importance` returns None are left out (they will not be pruned).
     """
     scores = {}
-    for g in structure.channel_groups(model, example_inputs, ignore=ignore):
+    for g in structure.channel_groups(model, example_inputs, ignore=ignore, protected=protected):
         s = importance(g.group)
         if s is not None:
             scores[g.root_name] = s.detach().double().cpu().flatten()
@@ -146,14 +147,14 @@ def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, alloca
     return lo
 
 
-def _apply_plan(model: nn.Module, example_inputs: torch.Tensor, *, scores: dict[str, torch.Tensor], plan: dict[str, int],
-                ignore: Sequence[str | nn.Module], round_to: int | None) -> nn.Module:
+def _apply_plan(model: nn.Module, example_inputs: Any, *, scores: dict[str, torch.Tensor], plan: dict[str, int],
+                ignore: Sequence[str | nn.Module], round_to: int | None, protected: structure.Protected = None) -> nn.Module:
     ratios = {name: exact_fraction(n, len(scores[name])) for name, n in plan.items() if n > 0}
     if not ratios:
         return model
     return structure.remove_channels(
         model, example_inputs, importance=_ScoreTable(scores, model), ratios=ratios,
-        ignore=ignore, round_to=round_to, max_ratio=MAX_RATIO,
+        ignore=ignore, round_to=round_to, max_ratio=MAX_RATIO, protected=protected,
     )
 
 
@@ -168,6 +169,7 @@ def prune_channels_by_scores(
     allocation: str = "global",
     tolerance: float = 0.02,
     max_iter: int = 16,
+    protected: structure.Protected = None,
 ) -> dict[str, int]:
     """Remove channels of `model` in place, lowest `scores` first, to reach `target`; return the plan.
 
@@ -182,7 +184,8 @@ def prune_channels_by_scores(
     if not scores:
         raise UserError("no prunable channel group could be scored (nothing to prune)")
     total = sum(len(s) for s in scores.values())
-    kwargs = dict(scores=scores, ignore=ignore, round_to=round_to)
+    protected = structure.protected_names(model, example_inputs, protected)  # names: the trials are copies
+    kwargs = dict(scores=scores, ignore=ignore, round_to=round_to, protected=protected)
     if target.unit == "channels":
         count = _count_for_channels(scores, target.value, allocation, round_to)
         plan = plan_removal(scores, count=count, allocation=allocation, round_to=round_to)
@@ -224,11 +227,12 @@ def prune_channels_by_scores(
 # the method
 
 
-def prunable_batchnorms(model: nn.Module, example_inputs: torch.Tensor, *, ignore: Sequence[str | nn.Module] = ()) -> list[str]:
+def prunable_batchnorms(model: nn.Module, example_inputs: Any, *, ignore: Sequence[str | nn.Module] = (),
+                        protected: structure.Protected = None) -> list[str]:
     """Return the names of the affine BatchNorms whose channels belong to a prunable group."""
     names = structure.module_names(model)
     found: list[str] = []
-    for g in structure.channel_groups(model, example_inputs, ignore=ignore):
+    for g in structure.channel_groups(model, example_inputs, ignore=ignore, protected=protected):
         for dep, _ in g.group:
             layer = dep.target.module
             if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and names.get(layer) not in found:
@@ -256,7 +260,8 @@ class Slimming(Method):
         return {"sparsity_lambda": lam, **super().configure(**options)}
 
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
-        self._bn_names = prunable_batchnorms(model, example_inputs, ignore=self.ignore)
+        self._bn_names = prunable_batchnorms(model, example_inputs, ignore=self.ignore,
+                                             protected=self.protected(model, example_inputs))
         if not self._bn_names:
             raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
         self.info["batchnorms"] = len(self._bn_names)
@@ -280,12 +285,13 @@ class Slimming(Method):
     def finalize(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         if self.target is None:
             raise UserError("method 'slimming' needs a target, e.g. channels=0.5")
-        scores = group_scores(model, example_inputs, importance=BNScaleImportance(), ignore=self.ignore)
+        protected = self.protected(model, example_inputs)
+        scores = group_scores(model, example_inputs, importance=BNScaleImportance(), ignore=self.ignore, protected=protected)
         if not scores:
             raise UserError("method 'slimming' needs BatchNorm layers in prunable channel groups; this model has none")
         round_to = self.resolve_round_to(model, example_inputs)  # default: no rounding
         plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
-                                        round_to=round_to, allocation="global")
+                                        round_to=round_to, allocation="global", protected=protected)
         removed = {n: k for n, k in plan.items() if k}
         removed_scores = [torch.sort(scores[n]).values[: plan[n]] for n in removed]
         self.info.update({

@@ -29,13 +29,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from prunekit import masks
+from prunekit import inputs, masks, tasks
 from prunekit.errors import UserError
-from prunekit.methods.base import Batches, Method, register
+from prunekit.methods.base import Batches, Method, register, task_loss
 from prunekit.methods.slimming import group_scores, prune_channels_by_scores
 
 
@@ -53,16 +52,16 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def take_batches(data: Batches | None, n: int, *, device: torch.device, method: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Return the first `n` (inputs, targets) batches of `data`, moved to `device`."""
+def take_batches(data: Batches | None, n: int, *, device: torch.device, method: str, task: Any = None) -> list[Any]:
+    """Return the first `n` batches of `data`, moved to `device` by the task (default classification)."""
     if data is None:
-        raise UserError(f"method {method!r} scores with data: pass data= (an iterable of (inputs, targets) batches)")
+        raise UserError(f"method {method!r} scores with data: pass data= (an iterable of the task's batches)")
+    task = tasks.resolve(task)
     out = []
     for batch in data:
         if len(out) == n:
             break
-        x, y = batch[0], batch[1]
-        out.append((x.to(device), y.to(device)))
+        out.append(task.to_device(batch, device))
     if not out:
         raise UserError(f"method {method!r}: the data gave no batch to score with")
     return out
@@ -97,11 +96,13 @@ def _layers(model: nn.Module, exclude: Sequence[str]) -> dict[str, nn.Module]:
 
 
 def snip_scores(
-    model: nn.Module, *, data: Batches, batches: int = 1, exclude: Sequence[str] = (), normalise: bool = True
+    model: nn.Module, *, data: Batches, batches: int = 1, exclude: Sequence[str] = (), normalise: bool = True,
+    task: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Return SNIP connection sensitivities {layer name: |w * dL/dw|} for every prunable layer.
 
-    dL/dw is the gradient of the cross-entropy summed over the first `batches` batches of `data`
+    dL/dw is the gradient of the task's loss (default classification: cross-entropy; the sum of
+    its named losses) summed over the first `batches` batches of `data`
     (train-mode forward; BatchNorm statistics and gradients are restored afterwards). With
     `normalise` the scores are divided by their sum over all layers (they sum to 1, unitless).
     """
@@ -109,8 +110,8 @@ def snip_scores(
     params = [_param(m) for m in layers.values()]
     grads = [torch.zeros_like(p) for p in params]
     with scoring_state(model, train=True):
-        for x, y in take_batches(data, batches, device=_device(model), method="snip"):
-            loss = F.cross_entropy(model(x), y)
+        for batch in take_batches(data, batches, device=_device(model), method="snip", task=task):
+            loss = task_loss(task, model, batch)
             for acc, g in zip(grads, torch.autograd.grad(loss, params)):
                 acc += g
     scores = {name: (masks.weight_of(m).detach() * g).abs() for (name, m), g in zip(layers.items(), grads)}
@@ -122,25 +123,28 @@ def snip_scores(
 
 
 def grasp_scores(
-    model: nn.Module, *, data: Batches, batches: int = 1, exclude: Sequence[str] = (), temperature: float = 200.0
+    model: nn.Module, *, data: Batches, batches: int = 1, exclude: Sequence[str] = (), temperature: float = 200.0,
+    task: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Return GraSP scores {layer name: S = -w * Hg} (the paper removes the HIGHEST S).
 
-    g is the gradient of the cross-entropy of logits / `temperature`, summed over the first
-    `batches` batches; Hg is the Hessian-gradient product from a second backward through g^T dL/dw.
+    g is the gradient of the task's loss (classification: the cross-entropy of logits /
+    `temperature`; the temperature applies where the task has a `scaled_loss`, i.e. to
+    classification logits only), summed over the first `batches` batches; Hg is the
+    Hessian-gradient product from a second backward through g^T dL/dw.
     """
     layers = _layers(model, exclude)
     params = [_param(m) for m in layers.values()]
-    chosen = take_batches(data, batches, device=_device(model), method="grasp")
+    chosen = take_batches(data, batches, device=_device(model), method="grasp", task=task)
     g = [torch.zeros_like(p) for p in params]
     hg = [torch.zeros_like(p) for p in params]
     with scoring_state(model, train=True):
-        for x, y in chosen:
-            loss = F.cross_entropy(model(x) / temperature, y)
+        for batch in chosen:
+            loss = task_loss(task, model, batch, scale=temperature)
             for acc, d in zip(g, torch.autograd.grad(loss, params)):
                 acc += d
-        for x, y in chosen:
-            loss = F.cross_entropy(model(x) / temperature, y)
+        for batch in chosen:
+            loss = task_loss(task, model, batch, scale=temperature)
             dl = torch.autograd.grad(loss, params, create_graph=True)
             z = sum((gi * di).sum() for gi, di in zip(g, dl))
             for acc, d in zip(hg, torch.autograd.grad(z, params)):
@@ -148,17 +152,23 @@ def grasp_scores(
     return {name: -(masks.weight_of(m).detach() * h) for (name, m), h in zip(layers.items(), hg)}
 
 
-def synflow_scores(model: nn.Module, *, example_inputs: torch.Tensor, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+def synflow_scores(model: nn.Module, *, example_inputs: Any, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """Return one round of SynFlow scores {layer name: |w * dR/dw|} of `model` as it is.
 
-    `model` must already be linearised (|w|, eval mode); R = sum of its output on an all-ones input
-    shaped like one example. Masked weights score 0.
+    `model` must already be linearised (|w|, eval mode); R = sum of all its outputs (every output
+    tensor of a multi-head model) on an all-ones input shaped like one example (each input of a
+    tuple). Masked weights score 0.
     """
     layers = _layers(model, exclude)
     params = [_param(m) for m in layers.values()]
     dtype = params[0].dtype if params else torch.float32
-    x = torch.ones((1, *example_inputs.shape[1:]), dtype=dtype, device=_device(model))
-    grads = torch.autograd.grad(model(x).sum(), params)
+    x = inputs.like(example_inputs, batch_size=1, fill="ones", device=_device(model), dtype=dtype)
+    outputs = inputs.tensors(inputs.call(model, x))
+    r = outputs[0].sum()
+    for t in outputs[1:]:
+        r = r + t.sum()
+    grads = torch.autograd.grad(r, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if d is None else d for p, d in zip(params, grads)]
     return {name: (masks.weight_of(m).detach() * d).abs() for (name, m), d in zip(layers.items(), grads)}
 
 
@@ -263,7 +273,7 @@ class Snip(_AtInitMasks):
         return {"batches": _positive_int(self.name, "batches", batches), **super().configure(**options)}
 
     def make_masks(self, model, *, example_inputs, data):
-        scores = snip_scores(model, data=data, batches=self.options["batches"], exclude=self.excluded(model))
+        scores = snip_scores(model, data=data, batches=self.options["batches"], exclude=self.excluded(model), task=self.task)
         return masks.masks_from_scores(scores, sparsity=self._sparsity(), scope="global")
 
 
@@ -283,7 +293,7 @@ class Grasp(_AtInitMasks):
 
     def make_masks(self, model, *, example_inputs, data):
         s = grasp_scores(model, data=data, batches=self.options["batches"], exclude=self.excluded(model),
-                         temperature=self.options["temperature"])
+                         temperature=self.options["temperature"], task=self.task)
         # The paper removes the highest S: keep the highest -S.
         return masks.masks_from_scores({n: -v for n, v in s.items()}, sparsity=self._sparsity(), scope="global")
 
@@ -332,17 +342,19 @@ class SnipChannel(Method):
         if any(masks.is_masked(m) for m in model.modules()):
             raise UserError("method 'snip_channel' needs a model without unstructured masks")
         taylor = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+        protected = self.protected(model, example_inputs)
         with scoring_state(model, train=True):
-            for x, y in take_batches(data, self.options["batches"], device=_device(model), method=self.name):
-                F.cross_entropy(model(x), y).backward()
-            return group_scores(model, example_inputs, importance=taylor, ignore=self.ignore)
+            for batch in take_batches(data, self.options["batches"], device=_device(model), method=self.name, task=self.task):
+                task_loss(self.task, model, batch).backward()
+            return group_scores(model, example_inputs, importance=taylor, ignore=self.ignore, protected=protected)
 
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         if self.target is None:
             raise UserError("method 'snip_channel' needs a target, e.g. params=0.5")
         scores = self.channel_scores(model, example_inputs=example_inputs, data=data)
         plan = prune_channels_by_scores(model, example_inputs, scores=scores, target=self.target, ignore=self.ignore,
-                                        round_to=self.resolve_round_to(model, example_inputs), allocation=self.options["allocation"])
+                                        round_to=self.resolve_round_to(model, example_inputs), allocation=self.options["allocation"],
+                                        protected=self.protected(model, example_inputs))
         self.info.update({"channels_scored": int(sum(len(s) for s in scores.values())),
                           "channels_removed": int(sum(plan.values())),
                           "removed_per_group": {n: k for n, k in plan.items() if k}})

@@ -40,11 +40,12 @@ class StructuredMethod(Method):
 
         importance = self.importance(model, example_inputs=example_inputs, data=data)
         round_to = self.resolve_round_to(model, example_inputs, default="auto")
+        protected = self.protected(model, example_inputs)
         if self.target.unit == "latency":
             report: dict[str, Any] = {}
             model = allocation.prune_to_latency(
                 model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
-                round_to=round_to, report=report,
+                round_to=round_to, report=report, protected=protected,
             )
             self.info["latency"] = report
             return model
@@ -56,6 +57,7 @@ class StructuredMethod(Method):
             ignore=self.ignore,
             round_to=round_to,
             allocation=self.options["allocation"],
+            protected=protected,
         )
 
 

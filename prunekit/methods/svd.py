@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import lowrank, structure
+from prunekit import inputs, lowrank, structure
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.metrics import measure
@@ -77,8 +77,10 @@ class SVDLowRank(Method):
         skip = structure.resolve_ignore(model, self.ignore)
         if lowrank.svd_layers(model):
             return model  # already factorised (e.g. a resumed run)
+        before = structure.output_shapes(model, example_inputs)
         left = lowrank.factorise(model, mode=self.options["mode"], init=self.options["init"], skip=skip,
                                  seed=self.options["seed"])
+        structure.check_outputs(model, example_inputs, before=before, what="svd factorisation")
         self.info["left_dense"] = left
         return model
 
@@ -91,12 +93,14 @@ class SVDLowRank(Method):
         layers = lowrank.svd_layers(model)
         if not layers:
             raise UserError("method 'svd': the model has no factorised layers; finalize runs after at_init")
-        x = example_inputs[:1]
+        x = inputs.take(example_inputs, 1)
+        before = structure.output_shapes(model, x)
         full = {name: layer.rank for name, layer in layers.items()}
         energy = self.options["energy"] if self.target is None else self._energy_for_target(model, x)
         ranks = {name: lowrank.rank_for_energy(layer.s, energy) for name, layer in layers.items()}
         lowrank.truncate(model, ranks=ranks)
         forms = lowrank.to_plain(model)
+        structure.check_outputs(model, x, before=before, what="svd truncation")  # factors keep out_channels
         self.info.update({
             "energy": energy,
             "energy_convention": "fraction of sum s^2 kept",

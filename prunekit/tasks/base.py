@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from prunekit import inputs
 from prunekit.errors import UserError
 from prunekit.registry import Registry
 
@@ -207,7 +208,7 @@ def _flat_tensors(obj: Any) -> list[torch.Tensor]:
 
 def call_model(model: nn.Module, example_inputs: Any) -> Any:
     """Return `model(example_inputs)`, unpacking a tuple of inputs into positional arguments."""
-    return model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
+    return inputs.call(model, example_inputs)
 
 
 def output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:

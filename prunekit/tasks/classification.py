@@ -36,6 +36,10 @@ class Classification(Task):
     def losses(self, outputs: Any, batch: Any) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(_logits(outputs).float(), self.targets(batch))}
 
+    def scaled_loss(self, model: nn.Module, batch: Any, *, scale: float) -> dict[str, torch.Tensor]:
+        """Return the cross-entropy of logits / `scale` (GraSP's temperature)."""
+        return {"ce": F.cross_entropy((_logits(self.forward(model, batch)) / scale).float(), self.targets(batch))}
+
     def train_losses(self, outputs: Any, batch: Any, *, config: Any) -> dict[str, torch.Tensor]:
         smoothing = float(getattr(config, "label_smoothing", 0.0) or 0.0)
         return {"ce": F.cross_entropy(_logits(outputs).float(), self.targets(batch), label_smoothing=smoothing)}
