@@ -24,7 +24,7 @@ class PruneResult:
     before: Measurement
     after: Measurement
     achieved: dict[str, float]
-    target: Target
+    target: Target | None
     method: str
     info: dict[str, Any]
 
@@ -33,7 +33,7 @@ def prune(
     model: nn.Module,
     *,
     method: str,
-    target: Target | str,
+    target: Target | str | None,
     example_inputs: Any,
     task: tasks.Task | str | None = None,
     ignore: Sequence[str | nn.Module] = (),
@@ -53,7 +53,7 @@ def prune(
     options are keyword arguments. The one-shot form runs `setup`, `at_init` then `finalize`;
     the model's output shapes are the same afterwards (else a `UserError` names the module).
     """
-    target = Target.parse(target)
+    target = Target.parse(target) if target is not None else None  # None: methods without a target ('none')
     task = tasks.resolve(task)
     m = methods.create(method, target=target, ignore=ignore, round_to=round_to, **options)
     if m.needs_data and data is None:

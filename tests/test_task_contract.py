@@ -97,6 +97,7 @@ def _options(name, task):
         "magnitude": "sparsity=0.5", "snip": "sparsity=0.5", "grasp": "sparsity=0.5", "synflow": "sparsity=0.5",
         "snip_channel": "macs=0.3", "slimming": "channels=0.3", "sfp": "channels=0.3", "double": "channels=0.3",
         "svd": "params=0.1", "l1_filter": "macs=0.5", "l2_filter": "macs=0.5", "random": "macs=0.5",
+        "tp_group_l2": "macs=0.5", "none": None,
     }
     options = {"synflow": {"rounds": 2}, "l1_filter": {"round_to": 1}, "l2_filter": {"round_to": 1},
                "random": {"round_to": 1}}

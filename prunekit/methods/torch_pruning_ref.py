@@ -27,13 +27,13 @@ from prunekit.metrics import measure
 _BISECTION_STEPS = 14
 
 
-def _pruned_copy(model: nn.Module, example_inputs: Any, ratio: float) -> tuple[nn.Module, tp.DependencyGraph]:
+def _pruned_copy(model: nn.Module, example_inputs: Any, ratio: float, protected: list[str]) -> tuple[nn.Module, tp.DependencyGraph]:
     net = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.MetaPruner(
             net, example_inputs, importance=tp.importance.GroupMagnitudeImportance(), pruning_ratio=ratio,
-            ignored_layers=structure.classifier_layers(net, example_inputs) + structure.fixed_layers(net),
+            ignored_layers=structure.protected_layers(net, example_inputs, protected) + structure.fixed_layers(net),
             customized_pruners=dict(structure.CUSTOM_PRUNERS),
         )
         with torch.no_grad():
@@ -55,15 +55,18 @@ class TorchPruningGroupL2(Method):
             raise UserError(f"method {self.name!r} runs Torch-Pruning's defaults, which do not round channels; drop round_to")
         unit, goal = self.target.unit, self.target.value
         base = getattr(measure(model, example_inputs), unit)
+        protected = self.protected(model, example_inputs)
+        shapes = structure.output_shapes(model, example_inputs)
         lo, hi, best = 0.0, 0.95, None
         for _ in range(_BISECTION_STEPS):
             mid = (lo + hi) / 2
-            net, graph = _pruned_copy(model, example_inputs, mid)
+            net, graph = _pruned_copy(model, example_inputs, mid, protected)
             got = 1.0 - getattr(measure(net, example_inputs), unit) / base
             if best is None or abs(got - goal) < best[0]:
                 best = (abs(got - goal), mid, net, graph)
             lo, hi = (mid, hi) if got < goal else (lo, mid)
         _, ratio, net, graph = best
+        structure.check_outputs(net, example_inputs, before=shapes, what=self.name)
         self.info["tp_ratio"] = ratio
         # the copy's surgery is recorded for save/load, then the caller's object becomes the copy
         structure._record(net, graph, example_inputs)
