@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import UserError
+from prunekit.replays import register_replay
 
 MODES = ("channel", "spatial")
 INITS = ("svd", "random")
@@ -663,6 +664,5 @@ def replay_lowrank(model: nn.Module, op: dict[str, Any]) -> nn.Module:
     return model
 
 
-from prunekit import io as _io  # noqa: E402
 
-_io.register_replay("lowrank", replay_lowrank)
+register_replay("lowrank", replay_lowrank)  # `prunekit.io.load` replays the recorded ops

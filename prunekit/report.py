@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from prunekit.atomic import atomic_write
 from prunekit.errors import UserError
 
 METRICS_FILE = "metrics.json"
@@ -303,8 +304,6 @@ def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
 
 def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
     """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
-    from prunekit.io import atomic_write
-
     run_dir = Path(run_dir)
     written: list[str] = []
     if plots:
