@@ -302,28 +302,38 @@ def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
     return png_bytes(fig)
 
 
-def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
-    """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
+def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[str]:
+    """Write the PNG plots of `run_dir` for `metrics` (atomically); return the names of every plot
+    there, a method's own included (e.g. autorate's rates per round)."""
     run_dir = Path(run_dir)
     written: list[str] = []
-    if plots:
-        layers = metrics.get("layers") or []
-        images = {
-            "training_curves.png": plot_training(read_log(run_dir)),
-            "channels_per_layer.png": plot_layers(layers, what="channels")
-            if any(r.get("out_channels_after") != r.get("out_channels_before") for r in layers)
-            else None,
-            "sparsity_per_layer.png": plot_layers(layers, what="sparsity") if _has_sparsity(metrics) else None,
-        }
-        for name, data in images.items():
-            if data is not None:
-                atomic_write(run_dir / name, data)
-                written.append(name)
-        # plots a method drew into the run directory itself (e.g. autorate's rates per round)
-        written += sorted(p.name for p in run_dir.glob("*.png") if p.name not in images)
-    path = run_dir / REPORT_FILE
-    atomic_write(path, render_markdown(metrics, plots=written).encode("utf-8"))
+    layers = metrics.get("layers") or []
+    images = {
+        "training_curves.png": plot_training(read_log(run_dir)),
+        "channels_per_layer.png": plot_layers(layers, what="channels")
+        if any(r.get("out_channels_after") != r.get("out_channels_before") for r in layers)
+        else None,
+        "sparsity_per_layer.png": plot_layers(layers, what="sparsity") if _has_sparsity(metrics) else None,
+    }
+    for name, data in images.items():
+        if data is not None:
+            atomic_write(run_dir / name, data)
+            written.append(name)
+    # plots a method drew into the run directory itself (e.g. autorate's rates per round)
+    written += sorted(p.name for p in run_dir.glob("*.png") if p.name not in images)
+    return written
+
+
+def write_markdown(run_dir: str | Path, metrics: dict[str, Any], *, plots: list[str] = ()) -> Path:
+    """Write report.md of `run_dir` for `metrics`, linking `plots` (atomically); return its path."""
+    path = Path(run_dir) / REPORT_FILE
+    atomic_write(path, render_markdown(metrics, plots=list(plots)).encode("utf-8"))
     return path
+
+
+def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
+    """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
+    return write_markdown(run_dir, metrics, plots=write_plots(run_dir, metrics) if plots else [])
 
 
 def render_report(run_dir: str | Path) -> Path:

@@ -348,6 +348,7 @@ def train(
     *,
     data: Any,
     config: TrainConfig,
+    task: Any = None,  # a prunekit.tasks.Task; None = classification (honoured by the tasks branch)
     hooks: Sequence[Any] = (),
     device: str | torch.device = "cpu",
     stage: str = "train",

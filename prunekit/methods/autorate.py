@@ -23,8 +23,8 @@ Follows the reference code (FujitsuResearch/automatic_pruning, auto_prune_cifar1
    `epochs_per_round`, `max_epochs`) ends.
 
 Retraining and evaluation are injectable callables (`retrain(model)` trains one epoch,
-`evaluate(model)` returns top-1 in %); `bind_run` builds them from `prunekit.train` and a
-`DataBundle` for `prunekit run`.
+`evaluate(model)` returns top-1 in %); `prunekit run` gives them through the method context
+(`prunekit.experiment` builds them from `prunekit.train` with `DEFAULT_RETRAIN` and the `train` option).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -552,33 +552,9 @@ def plot_rates(info: dict[str, Any], path: str | Path) -> Path:
 # the method
 
 
-#: retraining settings used by `bind_run` unless the `train` option overrides them (one epoch per call)
+#: retraining settings of `prunekit run` for autorate unless its `train` option overrides them (one
+#: epoch per retrain call; the experiment builds the TrainConfig, a method never builds a trainer)
 DEFAULT_RETRAIN = {"lr": 0.01, "schedule": "constant", "momentum": 0.9, "weight_decay": 1e-4}
-
-
-def trainer_from(
-    data: Any, *, config: Any, device: str | torch.device, eval_max_batches: int | None = None, progress: bool = False
-) -> tuple[Retrain, Evaluate]:
-    """Return (retrain, evaluate) over a `prunekit.data.DataBundle` with `prunekit.train`.
-
-    `retrain(model)` trains one epoch with `config` (a `TrainConfig`; its epochs are set to 1 and
-    its seed advanced every call so epochs see different orders); `evaluate(model)` returns top-1
-    (%) on the validation split if the bundle has one, else the test split.
-    """
-    from prunekit import train
-
-    calls = [0]
-    split = data.val if getattr(data, "val", None) is not None else data.test
-
-    def retrain(model: nn.Module) -> nn.Module:
-        calls[0] += 1
-        cfg = replace(config, epochs=1, seed=config.seed + calls[0], eval_every=0, eval_max_batches=1)
-        return train.train(model, data=data, config=cfg, device=device, stage=f"autorate-{calls[0]}", progress=progress).model
-
-    def evaluate(model: nn.Module) -> float:
-        return float(train.evaluate(model, split, device=device, amp=config.amp, max_batches=eval_max_batches)["top1"])
-
-    return retrain, evaluate
 
 
 @register
@@ -631,26 +607,6 @@ class AutoRate(Method):
         super().configure(**options)
         return {"config": cfg, "train": dict(train or {}), "baseline_top1": baseline_top1,
                 "retrain": retrain, "evaluate": evaluate, "plot_dir": plot_dir}
-
-    def bind_run(self, *, data: Any, device: str | torch.device, out_dir: str | Path | None = None,
-                 eval_max_batches: int | None = None, progress: bool = False) -> None:
-        """Build retrain/evaluate from `prunekit.train` over `data` (a DataBundle) unless given; plot into `out_dir`."""
-        from prunekit import train
-
-        settings = {**DEFAULT_RETRAIN, **self.options["train"]}
-        names = {f.name for f in fields(train.TrainConfig)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise UserError(f"autorate: option train has unknown setting(s) {', '.join(unknown)} (allowed: {', '.join(sorted(names))})")
-        if "milestones" in settings:
-            settings["milestones"] = tuple(settings["milestones"])
-        config = train.TrainConfig(**settings)
-        config.validate()
-        retrain, evaluate = trainer_from(data, config=config, device=device, eval_max_batches=eval_max_batches, progress=progress)
-        self.options["retrain"] = self.options["retrain"] or retrain
-        self.options["evaluate"] = self.options["evaluate"] or evaluate
-        if out_dir is not None and self.options["plot_dir"] is None:
-            self.options["plot_dir"] = str(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the search record (plain data), so a resumed run still reports its rounds."""
