@@ -188,9 +188,9 @@ class Recipe(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (training and latency); default torch's own")
-    task: TaskSection = Field(default_factory=TaskSection)
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
+    task: TaskSection = Field(default_factory=TaskSection)
     baseline: BaselineSection = Field(default_factory=BaselineSection)
     method: MethodSection = Field(default_factory=MethodSection)
     finetune: TrainSettings = Field(default_factory=TrainSettings)

@@ -104,6 +104,10 @@ class RunContext:
         except UserError as err:
             field = "task.options" if "option" in str(err) else "task.name"
             raise self.recipe.field_error(field, str(err)) from None
+        except TypeError as err:  # a user's configure(*, known=...) called with an unknown option
+            if "unexpected keyword argument" not in str(err):
+                raise
+            raise self.recipe.field_error("task.options", f"task {t.name!r}: {str(err).splitlines()[0]}") from None
 
     def _create_method(self) -> Any:
         m = self.recipe.method
