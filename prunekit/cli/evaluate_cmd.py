@@ -1,4 +1,4 @@
-"""`prunekit evaluate MODEL_OR_FILE --data NAME [--task NAME] [--split test] [--weights FILE] [--json]`:
+"""`prunekit evaluate MODEL_OR_FILE --data NAME [--data-option K=V] [--task NAME] [--split test] [--weights FILE] [--json]`:
 the task's metrics, params and MACs of a saved or named model on a dataset split, without a recipe."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("model", metavar="MODEL_OR_FILE", help="a model name (prunekit list models) or a prunekit.save file")
     p.add_argument("--data", required=True, metavar="NAME", help="dataset (prunekit list datasets)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="data directory (default $PRUNEKIT_DATA, then the cache directory)")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset option, value parsed as YAML (repeatable), e.g. num_classes=4 for synthetic")
     p.add_argument("--task", default="classification", metavar="NAME",
                    help="task (prunekit list tasks) or module:Class from your own code (default classification)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate on (default test)")
@@ -55,8 +57,11 @@ def run(args: Any) -> int:
         torch.set_num_threads(args.threads)
     # decode one image per class of the split not evaluated
     other = "train" if args.split == "test" else "test"
+    from prunekit.cli.prune_cmd import parse_options
+
+    options = parse_options(args.data_option)
     bundle = data.load(args.data, root=args.data_root, batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                       subset={other: 1}, augment=False, device=args.device, progress=not args.json)
+                       subset={other: 1}, augment=False, device=args.device, progress=not args.json, **options)
     if from_file:
         model = io.load(args.model)
     else:

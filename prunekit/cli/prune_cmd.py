@@ -51,7 +51,10 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--option {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(raw)
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise UserError(f"--option {item!r}: the value is not valid YAML ({' '.join(str(err).split())[:120]})") from None
     return options
 
 
