@@ -1,4 +1,4 @@
-"""Save and load models as data (no pickled code), export to ONNX, and write files atomically.
+"""Save and load models as data (no pickled code) and export to ONNX.
 
 A saved model is one torch file holding only plain data and tensors:
 
@@ -10,70 +10,30 @@ A saved model is one torch file holding only plain data and tensors:
 `load` rebuilds the model with `prunekit.models.create`, replays each op with the function
 registered for it (`register_replay`), then loads the state dict strictly. The file reads with
 `torch.load(path, weights_only=True)`; prunekit never unpickles a module.
+
+Atomic file writes live in `prunekit.atomic` (re-exported here as `atomic_write` and
+`atomic_torch_save`); the replay registry in `prunekit.replays`.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunekit import lowrank, models  # noqa: F401  (importing them registers the "prune" and "lowrank" replays)
 from prunekit._version import __version__
+from prunekit.atomic import atomic_torch_save, atomic_write
 from prunekit.errors import UserError
-from prunekit.registry import Registry
+from prunekit.replays import REPLAYS, register_replay
+
+__all__ = ["FORMAT", "REPLAYS", "atomic_torch_save", "atomic_write", "export_onnx", "load", "register_replay", "save"]
 
 FORMAT = "prunekit.model/1"
-
-#: op name -> `fn(model, op: dict) -> nn.Module` that re-applies the structural change `op`.
-REPLAYS: Registry[Callable[[nn.Module, dict], nn.Module]] = Registry("structural op")
-
-
-def register_replay(op_name: str, fn: Callable[[nn.Module, dict], nn.Module]) -> None:
-    """Register `fn(model, op) -> model` to replay ops named `op_name` on load (duplicates raise)."""
-    REPLAYS.add(op_name, fn)
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> str:
-    """Write `data` (str as UTF-8) to `path` atomically; return the path written.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk, then moved over
-    `path` with os.replace, so readers see the old file or the new one, never half of one. Missing
-    parent directories are created.
-    """
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    return _atomic(path, lambda f: f.write(payload))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
-    """`torch.save(obj)` to `path` atomically (as `atomic_write`); return the path written."""
-    return _atomic(path, lambda f: torch.save(obj, f))
-
-
-def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- save / load
@@ -149,8 +109,6 @@ def load(path: str | os.PathLike) -> nn.Module:
     Raises `UserError` for a missing file, a file that is not prunekit's format, or one that would
     need arbitrary unpickling. The model is returned in training mode, as `create` returns it.
     """
-    from prunekit import models
-
     path = os.fspath(path)
     obj = models.read_torch_file(path)
     fmt = obj.get("format") if isinstance(obj, dict) else None

@@ -9,7 +9,7 @@ Every mistake is ONE line naming the file, the dotted field path and what is all
 Relative paths in a recipe (``data.root``, ``model.weights``, ``baseline.checkpoint``) resolve
 against the current working directory, the way command-line paths do; the resolved recipe
 (``Recipe.resolved_yaml()``, saved as ``recipe.yaml`` in the run directory) holds absolute paths.
-Names of methods, datasets and models are checked against their registries by the experiment
+Names of tasks, methods, datasets and models are checked against their registries by the experiment
 (this module must not import torch), with the same one-line format.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from prunekit.errors import UserError
 from prunekit.targets import Target
@@ -61,6 +61,25 @@ class TrainSettings(_Section):
     def _milestones(cls, value: list[float]) -> list[float]:
         if any(not 0 < m < 1 for m in value):
             raise ValueError(f"milestones are fractions of the run, each in (0, 1), e.g. [0.5, 0.75]; got {value}")
+        return value
+
+
+class TaskSection(_Section):
+    """What the model is trained and judged on (`prunekit.tasks.create`); `task: NAME` is short for `{name: NAME}`."""
+
+    name: str = Field("classification", description="a registered task (prunekit list tasks) or module:Class from your own code")
+    options: dict[str, Any] = Field(default_factory=dict, description="the task's own options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or (":" in value and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value)):
+            raise ValueError(f"{value!r} is neither a task name nor module:Class (e.g. mypkg.tasks:Regression)")
         return value
 
 
@@ -171,6 +190,7 @@ class Recipe(_Section):
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (training and latency); default torch's own")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
+    task: TaskSection = Field(default_factory=TaskSection)
     baseline: BaselineSection = Field(default_factory=BaselineSection)
     method: MethodSection = Field(default_factory=MethodSection)
     finetune: TrainSettings = Field(default_factory=TrainSettings)

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from prunekit.atomic import atomic_write
 from prunekit.errors import UserError
 
 METRICS_FILE = "metrics.json"
@@ -63,6 +64,43 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+#: the primary metric of runs that name no task (written before tasks existed): classification's
+CLASSIFICATION_PRIMARY = {"name": "top1", "unit": "%", "higher_is_better": True}
+
+
+def primary_metric(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Return the run's primary metric {"name", "unit", "higher_is_better"} (top-1 for classification)."""
+    task = metrics.get("task") if isinstance(metrics.get("task"), dict) else {}
+    primary = task.get("primary") if isinstance(task.get("primary"), dict) else None
+    return primary if primary and isinstance(primary.get("name"), str) else CLASSIFICATION_PRIMARY
+
+
+def netscore_convention(primary: dict[str, Any]) -> str:
+    """Return how NetScore was computed for a run whose primary metric is `primary` (or why it was not)."""
+    if is_top1(primary):
+        return NETSCORE_CONVENTION
+    if primary.get("unit") in ("%", "fraction"):
+        return NETSCORE_CONVENTION.replace("a = top-1 %", f"a = {primary['name']} in %")
+    return (f"NetScore (Wong 2019) needs an accuracy in percent; the primary metric {primary['name']} "
+            f"({primary.get('unit')}) is not one, so it is not given")
+
+
+def is_top1(primary: dict[str, Any]) -> bool:
+    """Return True when the primary metric is classification's top-1 in percent."""
+    return primary.get("name") == "top1" and primary.get("unit") == "%"
+
+
+def primary_label(primary: dict[str, Any], what: str = "") -> str:
+    """Return a column label: "top-1 base (%)" for classification's top-1, else "NAME base (UNIT)"."""
+    name = "top-1" if is_top1(primary) else str(primary["name"])
+    return f"{name}{' ' + what if what else ''} ({primary.get('unit') or '-'})"
+
+
+def primary_value(record: dict[str, Any] | None, metrics: dict[str, Any]) -> Any:
+    """Return the primary metric's value in a baseline/final/stage record of `metrics`, or None."""
+    return (record or {}).get(primary_metric(metrics)["name"])
 
 
 # formatting ----------------------------------------------------------------------------------
@@ -125,6 +163,24 @@ _ROWS = [
 ]
 
 
+def _both_numbers(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float))
+
+
+def _rows(metrics: dict[str, Any], primary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Return the report's rows: classification's as always; for another task its own metrics
+    (primary first, as recorded in final/baseline), then the measurement rows."""
+    if is_top1(primary):
+        return _ROWS
+    measured = {k for k, _, _ in _ROWS[3:]}
+    seen = [*(metrics.get("final") or {}), *(metrics.get("baseline") or {})]
+    own = [primary["name"]] + [k for k in dict.fromkeys(seen) if k != primary["name"] and k not in measured
+                              and k not in ("images", "sparsity") and not k.startswith("latency_")
+                              and _both_numbers((metrics.get("final") or {}).get(k, 0), (metrics.get("baseline") or {}).get(k, 0))]
+    label = {primary["name"]: f"{primary['name']} ({primary.get('unit')}, primary)"}
+    return [(k, label.get(k, k), ".4g") for k in own] + _ROWS[3:]
+
+
 def _cell(value: Any, fmt: str) -> str:
     return human(value) if fmt == "h" else _num(value, fmt)
 
@@ -152,22 +208,26 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
     ]
     lat_dev = final.get("latency_device") or base.get("latency_device")
     lat_bs = final.get("latency_batch_size") or base.get("latency_batch_size")
+    primary = primary_metric(metrics)
     lines += ["| | baseline | final | final / baseline |", "| --- | ---: | ---: | ---: |"]
-    for key, label, fmt in _ROWS:
+    for key, label, fmt in _rows(metrics, primary):
         if key not in base and key not in final:
             continue
         if key == "latency_ms":
             threads = final.get("latency_threads") or base.get("latency_threads")
             where = f"{lat_dev}, {threads} thread{'s' if threads != 1 else ''}" if threads else lat_dev
             label = f"latency (ms, {where}, batch {lat_bs}, measured median)"
-        ratio = "-" if key in ("top1", "top5", "loss", "netscore", "netscore_nonzero") else _ratio(base.get(key), final.get(key))
-        if key in ("top1", "top5") and base.get(key) is not None and final.get(key) is not None:
+        task_keys = {k for k, _, f in _rows(metrics, primary) if f != "h"} - {"latency_ms"}
+        ratio = "-" if key in task_keys else _ratio(base.get(key), final.get(key))
+        if key in ("top1", "top5") and is_top1(primary) and base.get(key) is not None and final.get(key) is not None:
             ratio = f"{final[key] - base[key]:+.2f} pts"
+        elif key == primary["name"] and not is_top1(primary) and _both_numbers(base.get(key), final.get(key)):
+            ratio = f"{final[key] - base[key]:+.4g}"
         lines.append(f"| {label} | {_cell(base.get(key), fmt)} | {_cell(final.get(key), fmt)} | {ratio} |")
     lines.append("")
     if _has_sparsity(metrics):
         lines += [f"Sparsity of conv/linear weights: {_pct(final.get('sparsity'))}. Note: {SPARSITY_NOTE}.", ""]
-    lines += [f"{NETSCORE_CONVENTION}. MACs count conv/linear/matmul multiply-accumulates per image.", ""]
+    lines += [f"{netscore_convention(primary)}. MACs count conv/linear/matmul multiply-accumulates per image.", ""]
 
     achieved = metrics.get("achieved") or {}
     if achieved:
@@ -176,7 +236,10 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
         lines += ["## Target asked vs achieved (fraction removed)", "", "| unit | asked | achieved |", "| --- | ---: | ---: |"]
         for key, value in achieved.items():
             asked = target.partition("=")[2] if key == unit else ""
-            shown = f"{value:+.2f} pts" if key == "accuracy_drop" else _num(value, ".4f")
+            if key == "accuracy_drop":
+                shown = f"{value:+.2f} pts" if is_top1(primary) else f"{_num(value, '+.4g')} ({primary['name']}, worse is positive)"
+            else:
+                shown = _num(value, ".4f")
             note = " (measured)" if key == "latency" else ""
             lines.append(f"| {key}{note} | {asked} | {shown} |")
         lines.append("")
@@ -188,12 +251,12 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
         lines += [
             "## Stages",
             "",
-            "| stage | method | top-1 (%) | params | non-zero params | MACs | non-zero MACs | NetScore | NetScore (non-zero) |",
+            f"| stage | method | {primary_label(primary)} | params | non-zero params | MACs | non-zero MACs | NetScore | NetScore (non-zero) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for i, st in enumerate(stages):
             lines.append(
-                f"| {i + 1} | {st.get('method')} | {_num(st.get('top1'), '.2f')} | {human(st.get('params'))} | "
+                f"| {i + 1} | {st.get('method')} | {_num(st.get(primary['name']), '.2f' if is_top1(primary) else '.4g')} | {human(st.get('params'))} | "
                 f"{human(st.get('nonzero_params'))} | {human(st.get('macs'))} | {human(st.get('nonzero_macs'))} | "
                 f"{_num(st.get('netscore'), '.2f')} | {_num(st.get('netscore_nonzero'), '.2f')} |"
             )
@@ -301,30 +364,38 @@ def plot_layers(layers: list[dict[str, Any]], *, what: str) -> bytes | None:
     return png_bytes(fig)
 
 
-def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
-    """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
-    from prunekit.io import atomic_write
-
+def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[str]:
+    """Write the PNG plots of `run_dir` for `metrics` (atomically); return the names of every plot
+    there, a method's own included (e.g. autorate's rates per round)."""
     run_dir = Path(run_dir)
     written: list[str] = []
-    if plots:
-        layers = metrics.get("layers") or []
-        images = {
-            "training_curves.png": plot_training(read_log(run_dir)),
-            "channels_per_layer.png": plot_layers(layers, what="channels")
-            if any(r.get("out_channels_after") != r.get("out_channels_before") for r in layers)
-            else None,
-            "sparsity_per_layer.png": plot_layers(layers, what="sparsity") if _has_sparsity(metrics) else None,
-        }
-        for name, data in images.items():
-            if data is not None:
-                atomic_write(run_dir / name, data)
-                written.append(name)
-        # plots a method drew into the run directory itself (e.g. autorate's rates per round)
-        written += sorted(p.name for p in run_dir.glob("*.png") if p.name not in images)
-    path = run_dir / REPORT_FILE
-    atomic_write(path, render_markdown(metrics, plots=written).encode("utf-8"))
+    layers = metrics.get("layers") or []
+    images = {
+        "training_curves.png": plot_training(read_log(run_dir)),
+        "channels_per_layer.png": plot_layers(layers, what="channels")
+        if any(r.get("out_channels_after") != r.get("out_channels_before") for r in layers)
+        else None,
+        "sparsity_per_layer.png": plot_layers(layers, what="sparsity") if _has_sparsity(metrics) else None,
+    }
+    for name, data in images.items():
+        if data is not None:
+            atomic_write(run_dir / name, data)
+            written.append(name)
+    # plots a method drew into the run directory itself (e.g. autorate's rates per round)
+    written += sorted(p.name for p in run_dir.glob("*.png") if p.name not in images)
+    return written
+
+
+def write_markdown(run_dir: str | Path, metrics: dict[str, Any], *, plots: list[str] = ()) -> Path:
+    """Write report.md of `run_dir` for `metrics`, linking `plots` (atomically); return its path."""
+    path = Path(run_dir) / REPORT_FILE
+    atomic_write(path, render_markdown(metrics, plots=list(plots)).encode("utf-8"))
     return path
+
+
+def write_report(run_dir: str | Path, metrics: dict[str, Any], *, plots: bool = True) -> Path:
+    """Write the plots and report.md of `run_dir` for `metrics` (atomically); return report.md's path."""
+    return write_markdown(run_dir, metrics, plots=write_plots(run_dir, metrics) if plots else [])
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -341,19 +412,23 @@ def render_report(run_dir: str | Path) -> Path:
 
 # several runs ----------------------------------------------------------------------------------
 def compare_table(run_dirs: list[str | Path]) -> str:
-    """Return a markdown table comparing runs: method, target, top-1 baseline/final, params, MACs, latency, NetScore.
+    """Return a markdown table comparing runs: method, target, the task's primary metric baseline/final
+    (top-1 for classification), params, MACs, latency, NetScore.
 
     Unfinished runs are listed with their status and no numbers, so they never pass for results.
     """
+    all_metrics = [read_metrics(d) for d in run_dirs]
+    primaries = {json.dumps(primary_metric(m), sort_keys=True) for m in all_metrics}
+    primary = primary_metric(all_metrics[0]) if len(primaries) == 1 and all_metrics else None
     header = [
-        "run", "status", "method", "target", "top-1 base (%)", "top-1 final (%)",
+        "run", "status", "method", "target",
+        primary_label(primary, "base") if primary else "primary base", primary_label(primary, "final") if primary else "primary final",
         "params final", "params removed", "MACs final", "MACs removed", "sparsity",
         "latency base (ms)", "latency final (ms)", "NetScore final",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * 4 + [" ---: "] * (len(header) - 4)) + "|"]
     devices = set()
-    for run_dir in run_dirs:
-        m = read_metrics(run_dir)
+    for run_dir, m in zip(run_dirs, all_metrics):
         name = str(run_dir)
         if unfinished_reason(m):
             cells = [name, f"**{m.get('status')}** (not a result)", str(m.get("method")), str(m.get("target"))] + ["-"] * (len(header) - 4)
@@ -362,13 +437,15 @@ def compare_table(run_dirs: list[str | Path]) -> str:
             devices.add(f"{f.get('latency_device')} batch {f.get('latency_batch_size')}")
             cells = [
                 name, "complete", str(m.get("method")), str(m.get("target") or "-"),
-                _num(b.get("top1"), ".2f"), _num(f.get("top1"), ".2f"),
+                *(_num(primary_value(r, m), ".2f" if is_top1(primary_metric(m)) else ".4g") for r in (b, f)),
                 human(f.get("params")), _pct(a.get("params")),
                 human(f.get("macs")), _pct(a.get("macs")), _pct(f.get("sparsity")),
                 _num(b.get("latency_ms"), ".3f"), _num(f.get("latency_ms"), ".3f"), _num(f.get("netscore"), ".2f"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"latency measured on {', '.join(sorted(devices))} (median)" if devices else "", NETSCORE_CONVENTION]
-    if any((read_metrics(d).get("final") or {}).get("sparsity", 0) > 0.001 for d in run_dirs):
+    if primary is None and all_metrics:
+        notes.append("primary: each run's task's primary metric (the runs' tasks differ)")
+    if any((m.get("final") or {}).get("sparsity", 0) > 0.001 for m in all_metrics):
         notes.append(f"sparsity: {SPARSITY_NOTE}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"

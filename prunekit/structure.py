@@ -27,6 +27,7 @@ from prunekit.errors import UserError
 from prunekit.protection import (  # noqa: F401  (part of structure's API)
     Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
 )
+from prunekit.replays import register_replay
 from prunekit.targets import Target
 
 #: module type -> Torch-Pruning pruning function, for prunekit's own layers (e.g. option-A shortcuts).
@@ -406,7 +407,5 @@ def kept_channels(model: nn.Module) -> dict[str, int]:
     return out
 
 
-# `prunekit.load` rebuilds a pruned model by replaying its recorded "prune" ops.
-from prunekit import io as _io  # noqa: E402
 
-_io.register_replay("prune", replay_prune)
+register_replay("prune", replay_prune)  # `prunekit.io.load` replays the recorded ops

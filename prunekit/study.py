@@ -117,14 +117,17 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
 
 
 def plot_tradeoff(all_metrics: list[dict[str, Any]]) -> bytes | None:
-    """Return a PNG of final top-1 (%) against final MACs per image, one series per method, or None."""
+    """Return a PNG of the final primary metric (top-1 % for classification) against final MACs per
+    image, one series per method, or None."""
+    from prunekit.report import primary_label, primary_metric, primary_value
+
     points: dict[str, list[tuple[float, float]]] = {}
     baselines = []
     for m in all_metrics:
         if m.get("status") != "complete":
             continue
-        points.setdefault(str(m.get("method")), []).append((m["final"]["macs"], m["final"]["top1"]))
-        baselines.append((m["baseline"]["macs"], m["baseline"]["top1"]))
+        points.setdefault(str(m.get("method")), []).append((m["final"]["macs"], primary_value(m["final"], m)))
+        baselines.append((m["baseline"]["macs"], primary_value(m["baseline"], m)))
     if not points:
         return None
     import matplotlib
@@ -139,7 +142,8 @@ def plot_tradeoff(all_metrics: list[dict[str, Any]]) -> bytes | None:
         pts.sort()
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker="o", label=method)
     ax.scatter([b[0] / 1e6 for b in baselines], [b[1] for b in baselines], marker="*", s=90, color="black", label="baseline")
-    ax.set(xlabel="MACs per image (millions)", ylabel="final top-1 (%)", title="accuracy vs MACs")
+    primary = primary_metric(next(m for m in all_metrics if m.get("status") == "complete"))
+    ax.set(xlabel="MACs per image (millions)", ylabel=f"final {primary_label(primary)}", title="accuracy vs MACs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return png_bytes(fig)

@@ -200,23 +200,6 @@ def test_budget_and_target_through_the_prune_api(tmp_path):
         prunekit.prune(_tiny_cnn(), method="autorate", target="accuracy_drop=1", example_inputs=x, data=_batches(), group_rate="max")
 
 
-def test_bind_run_trains_with_prunekit_train():
-    from prunekit import data as datasets
-
-    bundle = datasets.load("synthetic", batch_size=32, eval_batch_size=64, progress=False,
-                           num_classes=4, image_size=8, train_size=64, test_size=32)
-    model = _tiny_cnn()
-    method = prunekit.methods.create("autorate", target="accuracy_drop=100", rounds=1, epochs_per_round=1, batches=1,
-                                     train={"lr": 0.01, "max_steps_per_epoch": 1})
-    method.bind_run(data=bundle, device="cpu")
-    x = torch.zeros(1, 3, 8, 8)
-    pruned = method.finalize(model, example_inputs=x, data=bundle.train)
-    first = method.info["rounds"][0]
-    assert first["accepted"] is True  # any accuracy is within 100 points
-    assert prunekit.measure(pruned, x).params < prunekit.measure(model, x).params
-    assert 0 <= method.info["baseline_top1"] <= 100
-
-
 def test_search_record_survives_a_checkpoint(tmp_path):
     model = _tiny_cnn()
     fake = _FakeTrainer(lambda m, i: 90.0)

@@ -1,4 +1,4 @@
-"""`prunekit list models|methods|datasets`."""
+"""`prunekit list models|methods|datasets|tasks`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("list", help="list registered models, methods or datasets")
-    p.add_argument("what", choices=["models", "methods", "datasets"])
+    p = sub.add_parser("list", help="list registered models, methods, datasets or tasks")
+    p.add_argument("what", choices=["models", "methods", "datasets", "tasks"])
     p.set_defaults(func=run)
 
 
@@ -22,6 +22,13 @@ def run(args: Any) -> int:
         for name in METHODS.names():
             cls = METHODS.get(name)
             print(f"{name:<14} {cls.kind:<13} {', '.join(cls.units):<22} {cls.description}")
+    elif args.what == "tasks":
+        from prunekit.tasks import TASKS
+
+        for name in TASKS.names():
+            cls = TASKS.get(name)
+            primary = f"{cls.primary.name} ({cls.primary.unit}, {'higher' if cls.primary.higher_is_better else 'lower'} is better)"
+            print(f"{name:<16} {primary:<30} {cls.description}")
     else:
         from prunekit import data
 

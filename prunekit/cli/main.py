@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "prunekit.cli.list_cmd",
     "prunekit.cli.analyze",
     "prunekit.cli.prune_cmd",
+    "prunekit.cli.evaluate_cmd",
     "prunekit.cli.run_cmd",
     "prunekit.cli.report_cmd",
 ]

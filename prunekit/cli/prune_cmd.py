@@ -51,7 +51,10 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--option {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(raw)
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise UserError(f"--option {item!r}: the value is not valid YAML ({' '.join(str(err).split())[:120]})") from None
     return options
 
 
@@ -71,15 +74,20 @@ def parse_round_to(text: str | None) -> int | str | None:
 def run(args: Any) -> int:
     import prunekit
     from prunekit import bench, io, methods, structure
+    from prunekit.targets import Target
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: directory {out_dir} does not exist")
-    # Validate everything the user typed before the slow part (loading, timing, pruning).
+    # What can be checked before the slow part (loading, timing) is; prunekit.prune builds the
+    # method once and validates its options.
     options = parse_options(args.option)
     round_to = parse_round_to(args.round_to)
-    method = methods.create(args.method, target=args.target, ignore=args.ignore, round_to=round_to, **options)
-    if method.needs_data and not args.data:
+    method_class = methods.METHODS.get(args.method)
+    target = Target.parse(args.target)
+    if target.unit not in method_class.units:
+        raise UserError(f"method {args.method!r} takes a target in {', '.join(method_class.units)}, not {target.unit!r}")
+    if method_class.needs_data and not args.data:
         raise UserError(f"method {args.method!r} scores with data: pass --data NAME (e.g. --data cifar10; prunekit list datasets)")
     batches, shape = load_batches(args)
     if shape is not None and not args.input_size:
@@ -88,7 +96,7 @@ def run(args: Any) -> int:
     structure.resolve_ignore(model, args.ignore)
     lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats))
     result = prunekit.prune(
-        model, method=args.method, target=args.target, example_inputs=x, ignore=args.ignore, round_to=round_to,
+        model, method=args.method, target=target, example_inputs=x, ignore=args.ignore, round_to=round_to,
         data=batches, **options,
     )
     lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats))

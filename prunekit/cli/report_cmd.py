@@ -31,7 +31,7 @@ def run_compare(args: Any) -> int:
     table = compare_table(args.run_dirs)
     print(table, end="")
     if args.out:
-        from prunekit.io import atomic_write
+        from prunekit.atomic import atomic_write
 
         atomic_write(args.out, table)
         print(f"written: {args.out}")

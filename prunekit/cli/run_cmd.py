@@ -59,12 +59,13 @@ def run(args: Any) -> int:
 def print_summary(metrics: dict[str, Any]) -> None:
     """Print the baseline-vs-final table of a complete run (the head of its report.md)."""
     from prunekit.cli.common import print_table
-    from prunekit.report import human
+    from prunekit.report import human, is_top1, primary_label, primary_metric
 
     base, final = metrics["baseline"], metrics["final"]
     lat = f"latency (ms, {final['latency_device']}, batch {final['latency_batch_size']}, measured)"
+    primary = primary_metric(metrics)
     rows = []
-    for key, label, fmt in (("top1", "top-1 (%)", "{:.2f}"), ("params", "parameters", None), ("nonzero_params", "non-zero parameters", None),
+    for key, label, fmt in ((primary["name"], primary_label(primary), "{:.2f}" if is_top1(primary) else "{:.4g}"), ("params", "parameters", None), ("nonzero_params", "non-zero parameters", None),
                             ("macs", "MACs per image", None), ("latency_ms", lat, "{:.2f}"), ("netscore", "NetScore", "{:.2f}")):
         b, f = base.get(key), final.get(key)
         show = (lambda v: "-" if v is None else fmt.format(v)) if fmt else human

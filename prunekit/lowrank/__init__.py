@@ -33,7 +33,6 @@ from prunekit.lowrank.model import (  # noqa: F401
     factored_pairs, factorise, layer_shapes, pair_orthogonality, plain_cost, regularizer, replay_lowrank, svd_layers,
     to_plain, truncate,
 )
+from prunekit.replays import register_replay
 
-from prunekit import io as _io  # noqa: E402
-
-_io.register_replay("lowrank", replay_lowrank)
+register_replay("lowrank", replay_lowrank)  # `prunekit.io.load` replays the recorded ops

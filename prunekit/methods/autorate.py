@@ -26,9 +26,9 @@ The loss (step 1) is the task's summed loss and the accept test (step 4) reads t
 primary metric in its direction (`prunekit.tasks`; classification: cross-entropy and top-1).
 Retraining and evaluation are callables: the run's `MethodContext.retrain` / `evaluate` when
 `setup` gave them, else the `retrain` / `evaluate` options (`retrain(model)` trains one epoch,
-`evaluate(model)` returns the primary metric or the task's metrics dict); `bind_run` builds
-them from `prunekit.train` and a `DataBundle` for `prunekit run`. Progress goes to the
-context's `log`.
+`evaluate(model)` returns the primary metric or the task's metrics dict); `prunekit run` builds
+them in the experiment from `prunekit.train` with `DEFAULT_RETRAIN` and the `train` option.
+Progress goes to the context's `log`.
 
 Layout: the formulas are in `autorate_rates`, the search loop in `autorate_search`, the plot
 in `autorate_plot`; their public names are importable from here.
@@ -37,7 +37,7 @@ in `autorate_plot`; their public names are importable from here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,33 +61,8 @@ from prunekit.methods.autorate_search import (  # noqa: F401
 # the method
 
 
-#: retraining settings used by `bind_run` unless the `train` option overrides them (one epoch per call)
+#: retraining settings `prunekit run` uses unless the `train` option overrides them (one epoch per call)
 DEFAULT_RETRAIN = {"lr": 0.01, "schedule": "constant", "momentum": 0.9, "weight_decay": 1e-4}
-
-
-def trainer_from(
-    data: Any, *, config: Any, device: str | torch.device, eval_max_batches: int | None = None, progress: bool = False
-) -> tuple[Retrain, Evaluate]:
-    """Return (retrain, evaluate) over a `prunekit.data.DataBundle` with `prunekit.train`.
-
-    `retrain(model)` trains one epoch with `config` (a `TrainConfig`; its epochs are set to 1 and
-    its seed advanced every call so epochs see different orders); `evaluate(model)` returns top-1
-    (%) on the validation split if the bundle has one, else the test split.
-    """
-    from prunekit import train
-
-    calls = [0]
-    split = data.val if getattr(data, "val", None) is not None else data.test
-
-    def retrain(model: nn.Module) -> nn.Module:
-        calls[0] += 1
-        cfg = replace(config, epochs=1, seed=config.seed + calls[0], eval_every=0, eval_max_batches=1)
-        return train.train(model, data=data, config=cfg, device=device, stage=f"autorate-{calls[0]}", progress=progress).model
-
-    def evaluate(model: nn.Module) -> float:
-        return float(train.evaluate(model, split, device=device, amp=config.amp, max_batches=eval_max_batches)["top1"])
-
-    return retrain, evaluate
 
 
 @register
@@ -140,26 +115,6 @@ class AutoRate(Method):
         super().configure(**options)
         return {"config": cfg, "train": dict(train or {}), "baseline_top1": baseline_top1,
                 "retrain": retrain, "evaluate": evaluate, "plot_dir": plot_dir}
-
-    def bind_run(self, *, data: Any, device: str | torch.device, out_dir: str | Path | None = None,
-                 eval_max_batches: int | None = None, progress: bool = False) -> None:
-        """Build retrain/evaluate from `prunekit.train` over `data` (a DataBundle) unless given; plot into `out_dir`."""
-        from prunekit import train
-
-        settings = {**DEFAULT_RETRAIN, **self.options["train"]}
-        names = {f.name for f in fields(train.TrainConfig)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise UserError(f"autorate: option train has unknown setting(s) {', '.join(unknown)} (allowed: {', '.join(sorted(names))})")
-        if "milestones" in settings:
-            settings["milestones"] = tuple(settings["milestones"])
-        config = train.TrainConfig(**settings)
-        config.validate()
-        retrain, evaluate = trainer_from(data, config=config, device=device, eval_max_batches=eval_max_batches, progress=progress)
-        self.options["retrain"] = self.options["retrain"] or retrain
-        self.options["evaluate"] = self.options["evaluate"] or evaluate
-        if out_dir is not None and self.options["plot_dir"] is None:
-            self.options["plot_dir"] = str(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the search record (plain data), so a resumed run still reports its rounds."""
