@@ -280,6 +280,7 @@ def shard(
     info: DistInfo | None = None,
     shuffle: bool = True,
     drop_last: bool = False,
+    pad: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Return this rank's indices for `epoch`, with torch's DistributedSampler semantics.
@@ -291,7 +292,8 @@ def shard(
     rank gets the same number of indices; with one process and shuffle=False it is the identity.
     Because rank r takes positions r, r + W, ..., the j-th local batches of size B / W on all ranks
     together hold exactly positions [j B, (j + 1) B) of the global order: the global batch B of a
-    one-process run.
+    one-process run. `pad=False` (evaluation: every example exactly once, summed with
+    `reduce_metrics`) skips padding and cutting; ranks then differ in length by at most one.
     """
     info = info or DistInfo(rank=get_rank(), world_size=get_world_size())
     base = torch.arange(indices_or_len) if isinstance(indices_or_len, int) else torch.as_tensor(indices_or_len, dtype=torch.long)
@@ -299,6 +301,8 @@ def shard(
     if shuffle:
         gen = generator if generator is not None else torch.Generator().manual_seed(seed + epoch)
         base = base[torch.randperm(n, generator=gen)]
+    if not pad:
+        return base[rank::world]
     if drop_last and n % world:
         per_rank = math.ceil((n - world) / world)
     else:

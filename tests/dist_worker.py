@@ -71,6 +71,7 @@ def main(out: Path) -> None:
     seen["shard"] = distributed.shard(10, epoch=3, seed=7, info=info).tolist()
     seen["shard_drop"] = distributed.shard(11, epoch=0, seed=1, info=info, drop_last=True).tolist()
     seen["shard_plain"] = distributed.shard([5, 6, 7, 8, 9], epoch=0, info=info, shuffle=False).tolist()
+    seen["shard_eval"] = distributed.shard(5, epoch=0, info=info, shuffle=False, pad=False).tolist()
 
     torch.manual_seed(100 + r)  # different weights on each rank, then rank 0's everywhere
     model = tiny_cnn()

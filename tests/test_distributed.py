@@ -91,6 +91,7 @@ def test_shard_without_shuffle_pads_by_repeating(ranks):
     seen, _ = ranks
     # [5..9] padded to 6 with its first element, then every 2nd element from the rank's position
     assert [s["shard_plain"] for s in seen] == [[5, 7, 9], [6, 8, 5]]
+    assert [s["shard_eval"] for s in seen] == [[0, 2, 4], [1, 3]]  # pad=False: each index once (evaluation)
 
 
 @slow
