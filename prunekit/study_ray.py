@@ -1,15 +1,17 @@
 """Study executors: run a grid's points one after another, or as Ray tasks on a local or existing cluster.
 
-    points = [(slug, recipe), ...]                      # what prunekit.study.plan returns
-    run_one = point_runner(out_dir, device="cpu")       # run_one((slug, recipe)) -> "complete" | ...
+    spec, points = prunekit.study.plan("study.yaml")    # points: {"slug", "recipe", ...} (or (slug, recipe))
+    run_one = point_runner(out_dir, device="cpu")       # run_one(point) -> "complete" | "unfinished" ...
     statuses = run_grid_ray(points, run_one=run_one, resources_per_run={"num_cpus": 1})
 
 Both executors call the same `run_one(point) -> status` on every point and return
-`{slug: status}` in grid order. A run that raises is recorded as `"failed: Type: message"` and
-the others go on; a `UserError` (a mistake in the study, the same for every run) stops the
-grid and is raised, as in the sequential loop. Run directories are whatever `run_one` writes:
-with `point_runner` each point resumes in `<out>/<slug>` (complete runs are kept), so a study
-interrupted on a cluster continues where it stopped, with either executor.
+`{slug: status}` in grid order, exactly as the sequential study loop does: a run that raises
+(a `UserError` included: every point was validated before the grid started) is recorded as
+`"failed: Type: message"` and the others go on; Ctrl-C stops the grid. `on_done(point, status,
+seconds)` is called as each run finishes (the study's progress line). Run directories are
+whatever `run_one` writes: with `point_runner` each point resumes in `<out>/<slug>` (complete
+runs are kept), so a study interrupted on a cluster continues where it stopped, with either
+executor.
 
 Ray is an optional extra (`pip install 'prunekit[ray]'`); asking for the ray executor without it
 fails with one line naming the extra.
@@ -18,44 +20,48 @@ fails with one line naming the extra.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from prunekit.errors import UserError, unknown_name
 
-Point = tuple[str, Any]  # (slug, whatever run_one needs: a validated Recipe for prunekit.study)
+Point = Any  # a study point: {"slug": ..., "recipe": Recipe, ...} (prunekit.study.plan) or (slug, payload)
 RunOne = Callable[[Point], str]
-OnDone = Callable[[str, str, int, int], None]  # (slug, status, finished so far, total)
+OnDone = Callable[[Point, str, float], None]  # (point, status, seconds the run took)
 
 RAY_EXTRA = "pip install 'prunekit[ray]'"
 
 
+def slug_of(point: Point) -> str:
+    """The point's run name: point["slug"] for the study's dict points, point[0] for (slug, payload) pairs."""
+    return str(point["slug"] if isinstance(point, Mapping) else point[0])
+
+
 def failure(err: BaseException) -> str:
-    """The status recorded for a run that raised (the sequential study's wording)."""
-    return f"failed: {type(err).__name__}: {err}"
+    """The status recorded for a run that raised (the sequential study's wording, on one line)."""
+    return f"failed: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def _guarded(run_one: RunOne, point: Point) -> tuple[str, str]:
-    """Run one point; return ("ok", status), ("user_error", message) or ("failed", status): nothing raises."""
+def _guarded(run_one: RunOne, point: Point) -> tuple[str, float]:
+    """Run one point; return (status, seconds): an exception becomes a "failed: ..." status, nothing raises."""
+    start = time.perf_counter()
     try:
-        return "ok", str(run_one(point))
-    except UserError as err:
-        return "user_error", str(err)
+        status = str(run_one(point))
     except Exception as err:  # recorded; the rest of the grid still runs
-        return "failed", failure(err)
+        status = failure(err)
+    return status, time.perf_counter() - start
 
 
 def run_grid_sequential(points: Sequence[Point], *, run_one: RunOne, on_done: OnDone | None = None) -> dict[str, str]:
     """Run every point in order in this process; return {slug: status} (the reference executor)."""
     statuses: dict[str, str] = {}
-    for i, point in enumerate(points):
-        kind, status = _guarded(run_one, point)
-        if kind == "user_error":
-            raise UserError(status)
-        statuses[point[0]] = status
+    for point in points:
+        status, seconds = _guarded(run_one, point)
+        statuses[slug_of(point)] = status
         if on_done is not None:
-            on_done(point[0], status, i + 1, len(points))
+            on_done(point, status, seconds)
     return statuses
 
 
@@ -99,8 +105,8 @@ def run_grid_ray(
     (default: all) is started and shut down at the end. `run_one` and the points travel to the
     workers by pickle and the workers must import prunekit (the same environment on every node);
     paths inside them should be absolute or valid on the nodes. A worker that dies (out of
-    memory, node lost) is recorded as that run's failure. A UserError from any run cancels the
-    runs not yet finished and is raised.
+    memory, node lost) is recorded as that run's failure. An interrupt (Ctrl-C) cancels the runs
+    not yet finished and is raised; their run directories resume next time.
     """
     ray = require_ray()
     resources = dict(resources_per_run or {"num_cpus": 1})
@@ -111,28 +117,31 @@ def run_grid_ray(
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         started = True
+    pending: list[Any] = []
     try:
         _check_fits(ray, resources)
         task = ray.remote(max_retries=0)(_guarded).options(**resources)
         shared = ray.put(run_one)
-        refs = {task.remote(shared, point): point[0] for point in points}
+        submitted = {}
+        for point in points:
+            submitted[task.remote(shared, point)] = point
+        pending = list(submitted)
         results: dict[str, str] = {}
-        pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            slug = refs[done[0]]
+            point = submitted[done[0]]
             try:
-                kind, status = ray.get(done[0])
+                status, seconds = ray.get(done[0])
             except Exception as err:  # the worker itself failed (crash, OOM kill, lost node)
-                kind, status = "failed", failure(err)
-            if kind == "user_error":
-                for ref in pending:
-                    ray.cancel(ref)
-                raise UserError(status)
-            results[slug] = status
+                status, seconds = failure(err), float("nan")
+            results[slug_of(point)] = status
             if on_done is not None:
-                on_done(slug, status, len(results), len(points))
-        return {slug: results[slug] for slug, _ in points}
+                on_done(point, status, seconds)
+        return {slug_of(p): results[slug_of(p)] for p in points}
+    except BaseException:
+        for ref in pending:  # leave nothing running on a shared cluster
+            ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -160,15 +169,15 @@ def executor(name: str, **options: Any) -> Callable[..., dict[str, str]]:
 
 
 def run_point(point: Point, *, out: str, device: str | None, progress: bool = False) -> str:
-    """Run (or resume) one study point `(slug, recipe)` into `<out>/<slug>`; return its status.
+    """Run (or resume) one study point into `<out>/<slug>`; return its status.
 
     This is the body of `prunekit.study.run_study`'s loop, so both executors give the same
     resumable run directories: complete runs are kept, unfinished ones continue.
     """
     from prunekit.experiment import run_experiment
 
-    slug, recipe = point
-    metrics = run_experiment(recipe, out_dir=Path(out) / slug, resume=True, device=device, progress=progress)
+    recipe = point["recipe"] if isinstance(point, Mapping) else point[1]
+    metrics = run_experiment(recipe, out_dir=Path(out) / slug_of(point), resume=True, device=device, progress=progress)
     return str(metrics["status"])
 
 

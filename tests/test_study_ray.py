@@ -39,12 +39,18 @@ def grid(tmp_path, kinds):
 
 def test_sequential_records_failures_and_goes_on(tmp_path):
     done = []
-    statuses = study_ray.run_grid_sequential(grid(tmp_path, ["ok", "bad", "ok"]), run_one=fake_run,
-                                             on_done=lambda *a: done.append(a))
-    assert statuses == {"p0": "complete", "p1": "failed: ValueError: diverged at p1", "p2": "complete"}
-    assert [d[2:] for d in done] == [(1, 3), (2, 3), (3, 3)]
-    with pytest.raises(UserError, match="a mistake every run shares"):
-        study_ray.run_grid_sequential(grid(tmp_path, ["ok", "user"]), run_one=fake_run)
+    points = grid(tmp_path, ["ok", "bad", "user", "ok"])
+    statuses = study_ray.run_grid_sequential(points, run_one=fake_run, on_done=lambda *a: done.append(a))
+    assert statuses == {"p0": "complete", "p1": "failed: ValueError: diverged at p1",
+                        "p2": "failed: UserError: grid: a mistake every run shares", "p3": "complete"}
+    assert [d[:2] for d in done] == [(p, statuses[p[0]]) for p in points]
+    assert all(d[2] >= 0 for d in done)
+    dict_points = [{"slug": slug, "index": i, "payload": payload} for i, (slug, payload) in enumerate(points)]
+    assert study_ray.run_grid_sequential(dict_points, run_one=lambda p: fake_run((p["slug"], p["payload"]))) == statuses
+
+
+def test_failure_is_one_line():
+    assert study_ray.failure(RuntimeError("out of\n  memory  ")) == "failed: RuntimeError: out of memory"
 
 
 def test_executor_choice_without_ray_names_the_extra(monkeypatch):
@@ -149,7 +155,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_ray_grid_matches_the_sequential_executor(local_ray, tmp_path):
-    kinds = ["ok", "bad", "ok", "crash", "ok"]
+    kinds = ["ok", "bad", "ok", "crash", "user", "ok"]
     seq_dir, ray_dir = tmp_path / "seq", tmp_path / "ray"
     seq_dir.mkdir()
     ray_dir.mkdir()
@@ -157,15 +163,14 @@ def test_ray_grid_matches_the_sequential_executor(local_ray, tmp_path):
     expected = study_ray.run_grid_sequential(grid(seq_dir, [k if k != "crash" else "bad" for k in kinds]), run_one=fake_run)
     done = []
     statuses = study_ray.run_grid_ray(grid(ray_dir, kinds), run_one=fake_run, on_done=lambda *a: done.append(a))
-    assert list(statuses) == ["p0", "p1", "p2", "p3", "p4"]  # grid order, whatever order they finished in
+    assert list(statuses) == [f"p{i}" for i in range(len(kinds))]  # grid order, whatever order they finished in
     assert {k: v for k, v in statuses.items() if k != "p3"} == {k: v for k, v in expected.items() if k != "p3"}
-    assert statuses["p3"].startswith("failed: ") and "p3" not in {p.stem for p in ray_dir.iterdir()}
-    assert sorted(p.name for p in ray_dir.iterdir()) == ["p0.json", "p2.json", "p4.json"]
-    assert sorted(d[0] for d in done) == sorted(statuses) and done[-1][2:] == (5, 5)
+    assert statuses["p3"].startswith("failed: ")  # the worker died: recorded, the grid went on
+    assert sorted(p.name for p in ray_dir.iterdir()) == ["p0.json", "p2.json", "p5.json"]
+    assert sorted(study_ray.slug_of(d[0]) for d in done) == sorted(statuses)
+    assert {study_ray.slug_of(d[0]): d[1] for d in done} == statuses
     pids = {json.loads(p.read_text())["pid"] for p in ray_dir.iterdir()}
     assert os.getpid() not in pids  # the runs ran in Ray workers
-    with pytest.raises(UserError, match="a mistake every run shares"):
-        study_ray.run_grid_ray(grid(ray_dir, ["user", "ok"]), run_one=fake_run)
 
 
 TINY = {
