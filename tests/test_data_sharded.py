@@ -54,3 +54,29 @@ def test_epochs_and_state_follow_the_wrapped_loader():
     assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in sharded]))
     with pytest.raises(UserError, match="multiple of the 3 processes"):
         ShardedDeviceLoader(loader(32, drop_last=True), DistInfo(rank=0, world_size=3))
+
+
+def test_sharded_factory_and_worker_loader():
+    from prunekit.data.loaders import WorkerLoader
+    from prunekit.data.sharded import ShardedWorkerLoader, sharded
+
+    one = loader(32, drop_last=True)
+    assert sharded(one, DistInfo()) is one
+    assert isinstance(sharded(one, DistInfo(rank=0, world_size=2)), ShardedDeviceLoader)
+    with pytest.raises(TypeError, match="cannot shard a list"):
+        sharded([], DistInfo(rank=0, world_size=2))
+
+    def worker_loader():  # any map-style dataset of (uint8 image, label) works; labels name the images
+        return WorkerLoader(one.dataset, batch_size=8, normalize=one.normalize, device=torch.device("cpu"),
+                            shuffle=True, drop_last=False, seed=1)
+
+    ranks = [sharded(worker_loader(), DistInfo(rank=r, world_size=2)) for r in range(2)]
+    assert all(isinstance(r, ShardedWorkerLoader) for r in ranks)
+    for epoch in range(2):
+        labels = []
+        for r in ranks:
+            r.set_epoch(epoch)
+            batches = [y for _, y in r]
+            assert len(batches) == len(worker_loader()) == 4 and {len(y) for y in batches} == {4}
+            labels += torch.cat(batches).tolist()
+        assert sorted(labels) == list(range(32))  # every image once per epoch, over both ranks
