@@ -5,7 +5,8 @@
     statuses = run_grid_ray(points, run_one=run_one, resources_per_run={"num_cpus": 1})
 
 Both executors call the same `run_one(point) -> status` on every point and return
-`{slug: status}` in grid order, exactly as the sequential study loop does: a run that raises
+`{slug: status}` in grid order, exactly as the sequential study loop does (a point whose
+`run_one` returns None, e.g. one another study process holds, is left out): a run that raises
 (a `UserError` included: every point was validated before the grid started) is recorded as
 `"failed: Type: message"` and the others go on; Ctrl-C stops the grid. `on_done(point, status,
 seconds)` is called as each run finishes (the study's progress line). Run directories are
@@ -28,7 +29,7 @@ from typing import Any
 from prunekit.errors import UserError, unknown_name
 
 Point = Any  # a study point: {"slug": ..., "recipe": Recipe, ...} (prunekit.study.plan) or (slug, payload)
-RunOne = Callable[[Point], str]
+RunOne = Callable[[Point], "str | None"]
 OnDone = Callable[[Point, str, float], None]  # (point, status, seconds the run took)
 
 RAY_EXTRA = "pip install 'prunekit[ray]'"
@@ -44,11 +45,12 @@ def failure(err: BaseException) -> str:
     return f"failed: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def _guarded(run_one: RunOne, point: Point) -> tuple[str, float]:
+def _guarded(run_one: RunOne, point: Point) -> tuple[str | None, float]:
     """Run one point; return (status, seconds): an exception becomes a "failed: ..." status, nothing raises."""
     start = time.perf_counter()
     try:
-        status = str(run_one(point))
+        status = run_one(point)
+        status = None if status is None else str(status)
     except Exception as err:  # recorded; the rest of the grid still runs
         status = failure(err)
     return status, time.perf_counter() - start
@@ -59,6 +61,8 @@ def run_grid_sequential(points: Sequence[Point], *, run_one: RunOne, on_done: On
     statuses: dict[str, str] = {}
     for point in points:
         status, seconds = _guarded(run_one, point)
+        if status is None:  # not run here
+            continue
         statuses[slug_of(point)] = status
         if on_done is not None:
             on_done(point, status, seconds)
@@ -134,10 +138,12 @@ def run_grid_ray(
                 status, seconds = ray.get(done[0])
             except Exception as err:  # the worker itself failed (crash, OOM kill, lost node)
                 status, seconds = failure(err), float("nan")
+            if status is None:  # not run here
+                continue
             results[slug_of(point)] = status
             if on_done is not None:
                 on_done(point, status, seconds)
-        return {slug_of(p): results[slug_of(p)] for p in points}
+        return {slug_of(p): results[slug_of(p)] for p in points if slug_of(p) in results}
     except BaseException:
         for ref in pending:  # leave nothing running on a shared cluster
             ray.cancel(ref, force=True)

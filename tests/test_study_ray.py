@@ -27,6 +27,8 @@ def fake_run(point):
         raise ValueError(f"diverged at {slug}")
     if kind == "user":
         raise UserError("grid: a mistake every run shares")
+    if kind == "skip":
+        return None  # another worker holds it: left out of the result
     if kind == "crash":
         os._exit(3)  # the worker process dies, as an out-of-memory kill would
     Path(directory, f"{slug}.json").write_text(json.dumps({"pid": os.getpid()}))
@@ -39,11 +41,11 @@ def grid(tmp_path, kinds):
 
 def test_sequential_records_failures_and_goes_on(tmp_path):
     done = []
-    points = grid(tmp_path, ["ok", "bad", "user", "ok"])
+    points = grid(tmp_path, ["ok", "bad", "user", "skip", "ok"])
     statuses = study_ray.run_grid_sequential(points, run_one=fake_run, on_done=lambda *a: done.append(a))
     assert statuses == {"p0": "complete", "p1": "failed: ValueError: diverged at p1",
-                        "p2": "failed: UserError: grid: a mistake every run shares", "p3": "complete"}
-    assert [d[:2] for d in done] == [(p, statuses[p[0]]) for p in points]
+                        "p2": "failed: UserError: grid: a mistake every run shares", "p4": "complete"}
+    assert [d[:2] for d in done] == [(p, statuses[p[0]]) for p in points if p[0] != "p3"]
     assert all(d[2] >= 0 for d in done)
     dict_points = [{"slug": slug, "index": i, "payload": payload} for i, (slug, payload) in enumerate(points)]
     assert study_ray.run_grid_sequential(dict_points, run_one=lambda p: fake_run((p["slug"], p["payload"]))) == statuses
@@ -155,7 +157,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_ray_grid_matches_the_sequential_executor(local_ray, tmp_path):
-    kinds = ["ok", "bad", "ok", "crash", "user", "ok"]
+    kinds = ["ok", "bad", "ok", "crash", "user", "ok", "skip"]
     seq_dir, ray_dir = tmp_path / "seq", tmp_path / "ray"
     seq_dir.mkdir()
     ray_dir.mkdir()
@@ -163,7 +165,7 @@ def test_ray_grid_matches_the_sequential_executor(local_ray, tmp_path):
     expected = study_ray.run_grid_sequential(grid(seq_dir, [k if k != "crash" else "bad" for k in kinds]), run_one=fake_run)
     done = []
     statuses = study_ray.run_grid_ray(grid(ray_dir, kinds), run_one=fake_run, on_done=lambda *a: done.append(a))
-    assert list(statuses) == [f"p{i}" for i in range(len(kinds))]  # grid order, whatever order they finished in
+    assert list(statuses) == [f"p{i}" for i in range(len(kinds) - 1)]  # grid order, whatever order they finished in; p6 skipped
     assert {k: v for k, v in statuses.items() if k != "p3"} == {k: v for k, v in expected.items() if k != "p3"}
     assert statuses["p3"].startswith("failed: ")  # the worker died: recorded, the grid went on
     assert sorted(p.name for p in ray_dir.iterdir()) == ["p0.json", "p2.json", "p5.json"]
