@@ -171,6 +171,26 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_tensors_(tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], src: int = 0) -> Any:
+    """Overwrite every tensor (a dict's values or a list) with rank `src`'s, in place; return `tensors`.
+
+    For masks and scores of the same shapes on every rank (e.g. `masks.apply_masks`' input):
+    one broadcast per tensor, no pickling. Bool tensors go through uint8.
+    """
+    if not _active():
+        return tensors
+    dev = _comm_device()
+    with torch.no_grad():
+        for tensor in (tensors.values() if isinstance(tensors, Mapping) else tensors):
+            if tensor.device == dev and tensor.is_contiguous() and tensor.dtype != torch.bool:
+                dist.broadcast(tensor, src=src)
+            else:
+                tmp = tensor.detach().to(dev, dtype=torch.uint8 if tensor.dtype == torch.bool else tensor.dtype).contiguous()
+                dist.broadcast(tmp, src=src)
+                tensor.copy_(tmp.to(tensor.dtype))
+    return tensors
+
+
 def _sum_(tensor: torch.Tensor) -> torch.Tensor:
     if not _active():
         return tensor
@@ -238,15 +258,7 @@ def broadcast_module_state(model: nn.Module, src: int = 0) -> nn.Module:
                          f"{len(theirs)} vs {len(every[src])} entries")
             raise RuntimeError(f"rank {rank}'s model differs from rank {src}'s ({first}): "
                                "channel surgery must run identically on every rank before broadcasting")
-    dev = _comm_device()
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.device == dev and tensor.is_contiguous() and tensor.dtype != torch.bool:
-                dist.broadcast(tensor, src=src)
-            else:  # channels_last, bool masks or another device: go through a dense copy
-                tmp = tensor.detach().to(dev, dtype=torch.uint8 if tensor.dtype == torch.bool else tensor.dtype).contiguous()
-                dist.broadcast(tmp, src=src)
-                tensor.copy_(tmp.to(tensor.dtype))
+    broadcast_tensors_(list(model.state_dict().values()), src=src)  # channels_last, bool: through a dense copy
     return model
 
 

@@ -87,6 +87,13 @@ def test_shard_matches_distributed_sampler(ranks, key, n, epoch, seed, drop_last
 
 
 @slow
+def test_broadcast_tensors_in_place(ranks):
+    seen, _ = ranks
+    for s in seen:  # rank 1's values everywhere
+        assert s["masks"] == {"a": [[1.0] * 3] * 2, "b": [False, True], "c": [[1.0] * 4] * 2}
+
+
+@slow
 def test_shard_without_shuffle_pads_by_repeating(ranks):
     seen, _ = ranks
     # [5..9] padded to 6 with its first element, then every 2nd element from the rank's position
