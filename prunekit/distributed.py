@@ -175,13 +175,13 @@ def broadcast_tensors_(tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tens
     """Overwrite every tensor (a dict's values or a list) with rank `src`'s, in place; return `tensors`.
 
     For masks and scores of the same shapes on every rank (e.g. `masks.apply_masks`' input):
-    one broadcast per tensor, no pickling. Bool tensors go through uint8.
+    one broadcast per tensor (a dict's in sorted key order), no pickling. Bool tensors go through uint8.
     """
     if not _active():
         return tensors
     dev = _comm_device()
     with torch.no_grad():
-        for tensor in (tensors.values() if isinstance(tensors, Mapping) else tensors):
+        for tensor in ([tensors[k] for k in sorted(tensors)] if isinstance(tensors, Mapping) else tensors):  # same order on every rank
             if tensor.device == dev and tensor.is_contiguous() and tensor.dtype != torch.bool:
                 dist.broadcast(tensor, src=src)
             else:

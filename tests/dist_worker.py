@@ -74,6 +74,8 @@ def main(out: Path) -> None:
     seen["shard_eval"] = distributed.shard(5, epoch=0, info=info, shuffle=False, pad=False).tolist()
 
     masks = {"a": torch.full((2, 3), float(r)), "b": torch.tensor([r == 0, r == 1]), "c": torch.ones(4, 2).t() * r}
+    if r == 1:
+        masks = dict(reversed(masks.items()))  # insertion order may differ across ranks
     distributed.broadcast_tensors_(masks, src=1)  # a bool and a non-contiguous tensor too
     seen["masks"] = {k: v.tolist() for k, v in masks.items()}
     torch.manual_seed(100 + r)  # different weights on each rank, then rank 0's everywhere
