@@ -230,7 +230,14 @@ class _Experiment:
             raise self.recipe.field_error("data.name", str(unknown_name("dataset", name, known)))
         if self.recipe.model.name not in models.list_models():
             raise self.recipe.field_error("model.name", str(unknown_name("model", self.recipe.model.name, models.list_models())))
-        for path, value in (("model.weights", self.recipe.model.weights), ("baseline.checkpoint", self.recipe.baseline.checkpoint)):
+        weights = self.recipe.model.weights
+        if models.imagenet.is_imagenet(weights):
+            try:  # the architecture has such weights (the file itself is looked for when the model is built)
+                models.imagenet.weights_enum(self.recipe.model.name, weights)
+            except UserError as err:
+                raise self.recipe.field_error("model.weights", str(err)) from None
+            weights = None
+        for path, value in (("model.weights", weights), ("baseline.checkpoint", self.recipe.baseline.checkpoint)):
             if value is not None and not Path(value).is_file():
                 raise self.recipe.field_error(path, f"no such file {value} (relative paths resolve against the working directory)")
 
