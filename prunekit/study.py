@@ -20,7 +20,9 @@ mistake in any point is one line naming the point and the field, before anything
 writes `<out>/study.json` (the points and their labels), then runs each point into `<out>/<slug>`:
 complete runs are skipped, unfinished ones resumed (`--resume` semantics), a run that fails is
 recorded and the others still run. After every run a progress line gives the runs done and the
-time left at the measured average. `render_study(out)` (also `prunekit report STUDY_DIR`) rebuilds
+time left at the measured average. Several study processes may share one output directory (one
+per core): each point is claimed with a lock file (`<out>/.locks/<slug>.lock`, pid inside; a lock
+of a dead process is taken over), so they split the grid between them. `render_study(out)` (also `prunekit report STUDY_DIR`) rebuilds
 `study.md`, `tradeoff.png` and, with a headline, `accuracy_vs_params-<panel>.png` from the run
 directories alone.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ from prunekit.errors import UserError
 from prunekit.recipe import Recipe, format_validation_error, load_recipe, read_yaml_mapping
 
 STUDY_FILE = "study.json"
+LOCK_DIR = ".locks"  # <out>/.locks/<slug>.lock while a process runs that point
 
 
 class HeadlineSpec(BaseModel):
@@ -213,21 +217,71 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
         if status_of(run_dir) == "complete":
             statuses[p["slug"]] = "complete"
             continue
-        console.print(f"[bold magenta]study {spec.name}: run {p['index'] + 1}/{len(points)} {p['slug']}[/]")
-        start = time.perf_counter()
+        lock = out / LOCK_DIR / f"{p['slug']}.lock"
+        if not _claim(lock):  # another `prunekit study` process on this directory runs it now
+            console.print(f"study {spec.name}: {p['slug']} is being run by process {_lock_pid(lock)}; skipped")
+            continue
         try:
-            metrics = run_experiment(p["recipe"], out_dir=run_dir, resume=True, device=device, progress=progress)
-            statuses[p["slug"]] = metrics["status"]
-        except KeyboardInterrupt:
-            render_study(out)
-            raise
-        except Exception as err:  # recorded in that run's metrics.json; the rest of the grid still runs
-            statuses[p["slug"]] = f"failed: {type(err).__name__}: {' '.join(str(err).split())}"
-            console.print(f"[bold red]study {spec.name}: {p['slug']} failed[/]: {statuses[p['slug']]}")
-        timed.append(time.perf_counter() - start)
+            if status_of(run_dir) == "complete":  # finished by another worker meanwhile
+                statuses[p["slug"]] = "complete"
+                continue
+            console.print(f"[bold magenta]study {spec.name}: run {p['index'] + 1}/{len(points)} {p['slug']}[/]")
+            start = time.perf_counter()
+            try:
+                metrics = run_experiment(p["recipe"], out_dir=run_dir, resume=True, device=device, progress=progress)
+                statuses[p["slug"]] = metrics["status"]
+            except KeyboardInterrupt:
+                lock.unlink(missing_ok=True)
+                render_study(out)
+                raise
+            except Exception as err:  # recorded in that run's metrics.json; the rest of the grid still runs
+                statuses[p["slug"]] = f"failed: {type(err).__name__}: {' '.join(str(err).split())}"
+                console.print(f"[bold red]study {spec.name}: {p['slug']} failed[/]: {statuses[p['slug']]}")
+            timed.append(time.perf_counter() - start)
+        finally:
+            lock.unlink(missing_ok=True)
         console.print(progress_line(spec.name, points, statuses, timed), soft_wrap=True)
     rendered = render_study(out)
     return {"out": str(out), "runs": statuses, "table": rendered["table"], "headline": rendered["headline"]}
+
+
+def _lock_pid(lock: Path) -> int:
+    try:
+        return int(lock.read_text(encoding="utf-8").strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(lock: Path, *, retry: bool = True) -> bool:
+    """Take the run's lock file (O_EXCL, holding our pid); False when a live process holds it.
+
+    A lock left by a process that is gone (killed) is taken over. Best effort, for several study
+    processes sharing one directory on one machine (e.g. one per core).
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        pid = _lock_pid(lock)
+        if pid and pid != os.getpid() and _alive(pid):
+            return False
+        if not retry:
+            return False
+        lock.unlink(missing_ok=True)  # stale: its process is gone
+        return _claim(lock, retry=False)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(str(os.getpid()))
+    return True
 
 
 def progress_line(name: str, points: list[dict[str, Any]], statuses: dict[str, str], timed: list[float]) -> str:

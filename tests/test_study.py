@@ -172,3 +172,23 @@ def test_progress_line():
 def test_report_on_a_folder_that_is_neither(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     one_line_error(capsys)
+
+
+def test_two_workers_split_the_grid(tmp_path, monkeypatch):
+    import os
+
+    lock = tmp_path / "x.lock"
+    assert study_mod._claim(lock) and lock.read_text() == str(os.getpid())
+    lock.write_text("999999999")  # a process that is gone: its lock is taken over
+    assert study_mod._claim(lock)
+    monkeypatch.setattr(study_mod, "_alive", lambda pid: True)
+    lock.write_text("1")  # a live other process holds it
+    assert not study_mod._claim(lock)
+    # a study skips a point another live worker holds, runs the rest
+    path = write_study(tmp_path, grid={"init": {"a": {"seed": 0}}, "prune": {"dense": PRUNE["dense"], "mag0.5": PRUNE["mag0.5"]}}, headline=None)
+    out = tmp_path / "out"
+    (out / ".locks").mkdir(parents=True)
+    (out / ".locks" / "a-dense.lock").write_text("1")
+    result = study_mod.run_study(path, out_dir=out, progress=False)
+    assert result["runs"] == {"a-mag0.5": "complete"} and not (out / "a-dense").exists()
+    assert not (out / ".locks" / "a-mag0.5.lock").exists()
