@@ -241,6 +241,10 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
         finally:
             lock.unlink(missing_ok=True)
         console.print(progress_line(spec.name, points, statuses, timed), soft_wrap=True)
+    try:
+        (out / LOCK_DIR).rmdir()  # only when empty: no other worker holds a point
+    except OSError:
+        pass
     rendered = render_study(out)
     return {"out": str(out), "runs": statuses, "table": rendered["table"], "headline": rendered["headline"]}
 

@@ -191,7 +191,19 @@ def test_two_workers_split_the_grid(tmp_path, monkeypatch):
     (out / ".locks" / "a-dense.lock").write_text("1")
     result = study_mod.run_study(path, out_dir=out, progress=False)
     assert result["runs"] == {"a-mag0.5": "complete"} and not (out / "a-dense").exists()
-    assert not (out / ".locks" / "a-mag0.5.lock").exists()
+    assert not (out / ".locks" / "a-mag0.5.lock").exists() and (out / ".locks" / "a-dense.lock").exists()
+    (out / ".locks" / "a-dense.lock").unlink()
+    assert study_mod.run_study(path, out_dir=out, progress=False)["runs"] == {"a-dense": "complete", "a-mag0.5": "complete"}
+    assert not (out / ".locks").exists()  # removed once empty
+
+
+def test_method_none_takes_no_target():
+    from prunekit import methods
+    from prunekit.errors import UserError
+
+    assert methods.create("none").kind == "none"
+    with pytest.raises(UserError, match="takes no target"):
+        methods.create("none", target="sparsity=0.5")
 
 
 def test_the_shipped_pretrained_vs_scratch_studies_plan(monkeypatch):
