@@ -11,6 +11,6 @@ from prunekit.methods import double  # noqa: E402,F401  slimming then magnitude
 from prunekit.methods import sfp  # noqa: E402,F401  soft filter pruning
 from prunekit.methods import svd  # noqa: E402,F401  SVD low-rank training
 from prunekit.methods import autorate  # noqa: E402,F401  automatic per-layer rates (Sakai et al.)
-from prunekit.methods import dense  # noqa: E402,F401  none: the unpruned reference of a study
+from prunekit.methods import dense  # noqa: E402,F401  none: the dense reference
 
 __all__ = ["METHODS", "Method", "MethodContext", "create", "list_methods", "register"]

@@ -78,6 +78,8 @@ class Method:
         **options: Any,
     ) -> None:
         self.target = Target.parse(target) if target is not None else None
+        if self.target is not None and not self.units:
+            raise UserError(f"method {self.name!r} takes no target")
         if self.target is not None and self.target.unit not in self.units:
             raise UserError(
                 f"method {self.name!r} takes a target in {', '.join(self.units)}, not {self.target.unit!r}"

@@ -1,24 +1,17 @@
-"""`none`: no pruning. The dense reference of a study, trained with the same stages and budget.
+"""`none`: the dense reference. Prunes nothing, so a recipe with it is a baseline-only run.
 
-A study that compares pruned runs with "the same network, not pruned, trained the same way" (the
-sparsity-0 point of a grid) runs this method: `method.train` and `finetune` train as for any
-other method, and nothing is removed or zeroed. It takes no target and no options.
+A study's sparsity-0 point and a results table's shared starting point are runs like every other
+(same data, same budget, same report), with this method in the method slot.
 """
 
 from __future__ import annotations
 
-from prunekit.errors import UserError
 from prunekit.methods.base import Method, register
 
 
 @register
-class NoPruning(Method):
+class Dense(Method):
     name = "none"
     kind = "none"
     units = ()
-    description = "no pruning: the dense reference run, trained like the pruned ones (sparsity 0 of a study)"
-
-    def __init__(self, *, target=None, **kwargs) -> None:
-        if target is not None:
-            raise UserError(f"method 'none' prunes nothing and takes no target (got {target}); drop method.target")
-        super().__init__(target=None, **kwargs)
+    description = "prune nothing: the dense reference run (baselines, a study's 0 point)"
