@@ -113,7 +113,7 @@ class ModelSection(_Section):
     name: str = "resnet20"
     num_classes: int | None = Field(None, ge=1, description="default: the dataset's number of classes")
     small_input: bool = Field(False, description="32x32 stem for torchvision models")
-    weights: str | None = Field(None, description="pretrained weights: a local checkpoint path")
+    weights: str | None = Field(None, description="pretrained weights: a local checkpoint path, or imagenet (torchvision's, from the hub cache)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the builder")
 
 
@@ -310,7 +310,8 @@ def _resolve_paths(recipe: Recipe) -> None:
         return None if value is None else str(Path(os.path.expanduser(value)).resolve())
 
     recipe.data.root = resolve(recipe.data.root)
-    recipe.model.weights = resolve(recipe.model.weights)
+    weights = recipe.model.weights
+    recipe.model.weights = weights if weights == "imagenet" or (weights or "").startswith("imagenet:") else resolve(weights)
     recipe.baseline.checkpoint = resolve(recipe.baseline.checkpoint)
 
 

@@ -327,7 +327,7 @@ def test_study_runs_the_grid_resumably(tmp_path, capsys):
     capsys.readouterr()
     study.write_text(yaml.safe_dump({"name": "grid", "recipe": str(base), "grd": {}}))
     assert main(["study", str(study)]) == 2
-    assert "study.yaml: grd: unknown field 'grd' (allowed: name, recipe, set, grid)" in one_line_error(capsys)
+    assert "study.yaml: grd: unknown field 'grd' (allowed: name, recipe, set, grid, headline)" in one_line_error(capsys)
     study.write_text(yaml.safe_dump({"name": "grid", "recipe": str(base), "grid": {"method.targt": ["macs=0.3"]}}))
     assert main(["study", str(study)]) == 2
     assert "tiny.yaml: method.targt: unknown field 'targt'" in one_line_error(capsys)

@@ -6,8 +6,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("report", help="re-render report.md and the plots of a finished run directory")
-    p.add_argument("run_dir", metavar="DIR", help="a run directory written by prunekit run")
+    p = sub.add_parser("report", help="re-render report.md and the plots of a finished run directory, or a study's study.md and plots")
+    p.add_argument("run_dir", metavar="DIR", help="a run directory written by prunekit run, or a study directory written by prunekit study")
     p.set_defaults(func=run_report)
 
     c = sub.add_parser("compare", help="print one markdown table comparing several run directories")
@@ -17,8 +17,16 @@ def add_parser(sub: Any) -> None:
 
 
 def run_report(args: Any) -> int:
-    from prunekit.report import render_report
+    from pathlib import Path
 
+    from prunekit.report import render_report
+    from prunekit.study import STUDY_FILE, render_study
+
+    if (Path(args.run_dir) / STUDY_FILE).is_file():  # a study directory: table, headline and plots from its runs
+        path = render_study(args.run_dir)["path"]
+        print(path.read_text(encoding="utf-8"))
+        print(f"study: {path}")
+        return 0
     path = render_report(args.run_dir)
     print(path.read_text(encoding="utf-8"))
     print(f"report: {path}")

@@ -28,7 +28,9 @@ def add_parser(sub: Any) -> None:
         "study",
         help="run a recipe over a grid of overrides (resumable) into one table and plot",
         description="Run every combination of a study file's grid (see docs/recipes.md) into DIR/<combination>, "
-        "keeping complete runs and resuming unfinished ones; writes DIR/study.md and DIR/tradeoff.png.",
+        "keeping complete runs and resuming unfinished ones; every point is validated first. Writes DIR/study.json, "
+        "DIR/study.md, DIR/tradeoff.png and, with a headline section, DIR/accuracy_vs_params-<panel>.png; "
+        "prunekit report DIR re-renders them from the run directories.",
     )
     s.add_argument("study", metavar="STUDY", help="a study YAML file: name, recipe, set, grid")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -81,6 +83,8 @@ def run_study(args: Any) -> int:
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
     result = run_grid(args.study, out_dir=args.out, device=args.device, overrides=overrides, progress=not args.quiet)
     print(result["table"], end="")
+    if result.get("headline"):
+        print("\n" + result["headline"], end="")
     failed = {slug: status for slug, status in result["runs"].items() if status != "complete"}
     for slug, status in failed.items():
         print(f"not complete: {slug}: {status}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunekit.data import paths, readers
+from prunekit.data import caltech101, paths, readers
 from prunekit.data.arrays import ArrayDataset, fingerprint, first_per_class, load_arrays, save_arrays, stratified_holdout
 from prunekit.data.folder import FolderDataset, scan_folder
 from prunekit.data.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS, make_synthetic
@@ -244,17 +244,6 @@ def _build_imagenet(req: Request, wants: dict[str, int | None]) -> dict[str, Fol
     raise paths.missing("imagenet", [c / "train" for c in candidates], hint="ImageFolder layout: train/<class>/*.JPEG and val/<class>/*.JPEG", downloadable=False)
 
 
-def _build_caltech101(req: Request, wants: dict[str, int | None]) -> dict[str, FolderDataset]:
-    r = req.root
-    src = _first_existing(
-        req,
-        [("folder", r / "caltech101" / "101_ObjectCategories"), ("folder", r / "101_ObjectCategories")],
-        hint="extract 101_ObjectCategories.tar.gz there",
-        download=_tv_class_download("Caltech101"),
-    )
-    return _folder_splits(req, src.path, wants, named=None, skip=("BACKGROUND_Google",))
-
-
 def build_imagefolder(req: Request, wants: dict[str, int | None]) -> dict[str, FolderDataset]:
     """Build `imagefolder:PATH`: PATH/train + PATH/val (or test), else a seeded split of PATH/<class>/."""
     path = req.path
@@ -299,9 +288,8 @@ def _register() -> None:
         name="imagenet", description="ImageNet-1k as ImageFolder (imagenet/train, imagenet/val)",
         splits=("train", "val"), test_split="val", build=_build_imagenet, options={"image_size": 224}, **folder))
     DATASETS.add("caltech101", DatasetSpec(
-        name="caltech101", description="Caltech-101, 101 classes, seeded 80/20 split per class",
-        splits=("train", "test"), test_split="test", build=_build_caltech101,
-        options={"image_size": 224, "test_fraction": 0.2, "split_seed": 0}, **folder))
+        name="caltech101", description="Caltech-101, 101 classes at image_size px; seeded 30 train / up to 50 test per class",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=True, build=caltech101.build, options=dict(caltech101.DEFAULTS), **memory))
 
 
 def imagefolder_spec(path: str) -> DatasetSpec:

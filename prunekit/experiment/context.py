@@ -133,7 +133,14 @@ class RunContext:
             raise r.field_error("data.name", str(unknown_name("dataset", r.data.name, known)))
         if r.model.name not in models.list_models():
             raise r.field_error("model.name", str(unknown_name("model", r.model.name, models.list_models())))
-        for path, value in (("model.weights", r.model.weights), ("baseline.checkpoint", r.baseline.checkpoint)):
+        weights = r.model.weights
+        if models.imagenet.is_imagenet(weights):
+            try:  # the architecture has such weights (the file itself is looked for when the model is built)
+                models.imagenet.weights_enum(r.model.name, weights)
+            except UserError as err:
+                raise r.field_error("model.weights", str(err)) from None
+            weights = None
+        for path, value in (("model.weights", weights), ("baseline.checkpoint", r.baseline.checkpoint)):
             if value is not None and not Path(value).is_file():
                 raise r.field_error(path, f"no such file {value} (relative paths resolve against the working directory)")
 

@@ -15,6 +15,7 @@ from torch import nn
 from prunekit.errors import UserError
 from prunekit.models.cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet, ShortcutA, ShortcutAPruner, cifar_resnet
 from prunekit.models.cifar_vgg import VGG_CIFAR_CFGS, CifarVGG, cifar_vgg
+from prunekit.models.imagenet import build_pretrained, is_imagenet
 from prunekit.models.stem import adapt_small_input, check_small_input_supported
 from prunekit.models.timm_models import PREFIX as TIMM_PREFIX
 from prunekit.models.timm_models import create_timm, timm_names
@@ -74,21 +75,28 @@ def _check_num_classes(num_classes: object) -> int:
 
 def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
            weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
-    """Return model `name` with random weights, or with the weights of the local file `weights`.
+    """Return model `name` with random weights, the weights of the local file `weights`, or ImageNet's.
 
     `small_input=True` adapts an ImageNet stem to 32x32 images (3x3 stride-1 first conv, no stem
-    max-pool). Other keyword arguments go to the builder. Nothing is downloaded. The returned
+    max-pool). Other keyword arguments go to the builder. `weights="imagenet"` (torchvision
+    architectures) loads torchvision's ImageNet weights from the torch hub cache, downloading them
+    only when they are not there, and replaces the classifier for `num_classes` (see
+    `prunekit.models.imagenet`); a local file is never downloaded. The returned
     model carries `prunekit_builder = {"name": ..., "kwargs": {...}}`, the plain-data recipe that
     rebuilds it (weights excluded), and starts in training mode.
     """
     num_classes = _check_num_classes(num_classes)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file (nothing is downloaded)")
-    if weights is not None and not os.path.isfile(weights):
-        raise UserError(f"{os.fspath(weights)}: no such file (weights= takes the path of a local weight file; nothing is downloaded)")
+        raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file or 'imagenet'")
+    pretrained = is_imagenet(weights)
+    if weights is not None and not pretrained and not os.path.isfile(weights):
+        raise UserError(f"{os.fspath(weights)}: no such file (weights= takes the path of a local weight file, or 'imagenet')")
     if small_input:
         check_small_input_supported(name)
-    if name.startswith(TIMM_PREFIX):
+    if pretrained:
+        model = build_pretrained(name, num_classes=num_classes, small_input=small_input, weights=weights, **kwargs)
+        weights = None
+    elif name.startswith(TIMM_PREFIX):
         model = create_timm(name[len(TIMM_PREFIX):], num_classes=num_classes, small_input=small_input, **kwargs)
     else:
         builder = MODELS.get(name)

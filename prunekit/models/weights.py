@@ -68,16 +68,13 @@ def _listing(keys: list[str], n: int = 4) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the weights in `path` into `model` (in place) and return `model`.
+def check_fit(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, allow_missing: tuple[str, ...] = ()) -> None:
+    """Raise `UserError` unless state dict `sd` fits `model` (BatchNorm counters and `allow_missing` may be absent).
 
-    Accepts a bare state dict or a dict with "state_dict"/"model"; strips `module.` prefixes;
-    tolerates missing BatchNorm `num_batches_tracked` counters. Any other missing, unexpected or
-    shape-mismatched key raises `UserError` naming the file and the first keys concerned.
+    The message names `source` and the first missing, unexpected or shape-mismatched keys.
     """
-    sd = extract_state_dict(read_torch_file(path), path=path)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked") and k not in allow_missing]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k} {tuple(sd[k].shape)} in file vs {tuple(own[k].shape)} in model"
                   for k in own if k in sd and sd[k].shape != own[k].shape]
@@ -89,6 +86,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if mismatched:
         problems.append(f"shape mismatch {_listing(mismatched, 2)}")
     if problems:
-        raise UserError(f"{os.fspath(path)}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
+        raise UserError(f"{source}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights in `path` into `model` (in place) and return `model`.
+
+    Accepts a bare state dict or a dict with "state_dict"/"model"; strips `module.` prefixes;
+    tolerates missing BatchNorm `num_batches_tracked` counters. Any other missing, unexpected or
+    shape-mismatched key raises `UserError` naming the file and the first keys concerned.
+    """
+    sd = extract_state_dict(read_torch_file(path), path=path)
+    check_fit(model, sd, source=os.fspath(path))
     model.load_state_dict(sd, strict=False)
     return model
