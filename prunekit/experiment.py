@@ -39,7 +39,7 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from prunekit import bench, data, io, masks, methods, metrics, models, train
+from prunekit import bench, data, io, masks, methods, metrics, models, preflight, safe_load, train
 from prunekit import report as report_mod
 from prunekit._version import __version__
 from prunekit.errors import UserError, unknown_name
@@ -90,6 +90,7 @@ class _Experiment:
         self.stage_methods = list(getattr(self.method, "stages", None) or [self.method])
         self.composite = len(getattr(self.method, "stages", None) or []) > 0
         self._check_names()
+        preflight.check_run(self.recipe, out_dir=self.out)  # model, data, files: before the run directory is touched
         stage_epochs = self.recipe.method.stage_epochs
         if stage_epochs is not None and len(stage_epochs) != len(self.stage_methods):
             raise self.recipe.field_error(
@@ -335,7 +336,7 @@ class _Experiment:
     def _load_method_state(self, method: Any, stage: str) -> None:
         path = self.state / f"{stage}_method_state.pt"
         if path.exists():
-            method.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            method.load_state_dict(safe_load.read_torch_file(path, what="a method state written by prunekit run"))
 
     def _finetune_stage(self, i: int, method: Any, model: nn.Module) -> nn.Module:
         stage = self._stage_name("finetune", i)
@@ -436,7 +437,7 @@ class _Experiment:
 
     def _load_stage_model(self, path: Path) -> nn.Module:
         model = io.load(path)
-        saved = torch.load(_masks_path(path), weights_only=True, map_location="cpu")
+        saved = safe_load.read_torch_file(_masks_path(path), what="the masks written by prunekit run", mapping=True)
         if saved:
             masks.apply_masks(model, saved)
         return model.to(self.device)

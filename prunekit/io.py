@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit._version import __version__
+from prunekit import safe_load
 from prunekit.errors import UserError
 from prunekit.registry import Registry
 
@@ -59,19 +60,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
 def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> str:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise (safe_load.write_error(err, path) or err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        translated = safe_load.write_error(err, path) if isinstance(err, Exception) else None
+        if translated is not None:
+            raise translated from None
         raise
     return path
 
@@ -157,6 +164,7 @@ def load(path: str | os.PathLike) -> nn.Module:
     if fmt != FORMAT:
         hint = f"its format is {fmt!r}" if isinstance(fmt, str) else "it has no 'format' entry"
         raise UserError(f"{path}: not a prunekit model file ({hint}; expected {FORMAT!r}, written by prunekit.save); for a plain state dict use prunekit.models.load_weights")
+    safe_load.check_model_file(obj, path)  # structure and sizes, before anything is built
     builder, ops, state = obj.get("builder"), obj.get("ops"), obj.get("state_dict")
     if not isinstance(builder, dict) or not isinstance(builder.get("name"), str) or not isinstance(ops, list) or not isinstance(state, dict):
         raise UserError(f"{path}: damaged prunekit model file (builder, ops or state_dict missing or of the wrong type)")
@@ -165,7 +173,8 @@ def load(path: str | os.PathLike) -> nn.Module:
         name = op.get("op") if isinstance(op, dict) else None
         if name not in REPLAYS:
             raise UserError(f"{path}: op {i} is {name!r}, which nothing registered can replay (known: {', '.join(REPLAYS.names()) or 'none'}); import the module that defines it")
-        model = REPLAYS.get(name)(model, op)
+        with safe_load.damaged(path, f"op {i} ({name})"):
+            model = REPLAYS.get(name)(model, op)
     model.prunekit_ops = list(ops)
     try:
         model.load_state_dict(state, strict=True)

@@ -31,10 +31,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir}: not a prunekit run directory (no {METRICS_FILE})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+    from prunekit.safe_load import read_metrics_file  # size, UTF-8, JSON object, field types
+
+    return read_metrics_file(path)
 
 
 def unfinished_reason(metrics: dict[str, Any]) -> str | None:
@@ -369,6 +368,6 @@ def compare_table(run_dirs: list[str | Path]) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"latency measured on {', '.join(sorted(devices))} (median)" if devices else "", NETSCORE_CONVENTION]
-    if any((read_metrics(d).get("final") or {}).get("sparsity", 0) > 0.001 for d in run_dirs):
+    if any(((read_metrics(d).get("final") or {}).get("sparsity") or 0) > 0.001 for d in run_dirs):
         notes.append(f"sparsity: {SPARSITY_NOTE}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import yaml
 
 from prunekit.cli.common import add_model_arguments, human, load_model, print_json, print_table
+from prunekit import limits, safe_load
 from prunekit.errors import UserError
+from prunekit.recipe_file import parse_yaml_value
 
 
 def add_parser(sub: Any) -> None:
@@ -51,7 +52,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--option {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(raw)
+        options[key.strip()] = parse_yaml_value(raw, f"--option {item!r}")
     return options
 
 
@@ -75,6 +76,8 @@ def run(args: Any) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: directory {out_dir} does not exist")
+    safe_load.check_output_file(args.out, "--out")
+    limits.check_repeats(args.repeats, "--repeats")
     # Validate everything the user typed before the slow part (loading, timing, pruning).
     options = parse_options(args.option)
     round_to = parse_round_to(args.round_to)
