@@ -66,6 +66,8 @@ def _check_zip(path: str, size: int, what: str) -> None:
         is_zip = zipfile.is_zipfile(path)
     except OSError:
         return
+    except Exception as err:  # a damaged end-of-archive record
+        raise UserError(f"{path}: damaged zip archive ({_first_line(err)}; expected {what})") from None
     if not is_zip:
         return
     try:
@@ -78,6 +80,19 @@ def _check_zip(path: str, size: int, what: str) -> None:
         if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
             raise UserError(f"{path}: damaged torch archive (member {info.filename[:60]!r} declares "
                             f"{info.file_size:,} bytes in a {size:,}-byte file; expected {what})")
+
+
+def _unpickling_reason(message: str) -> str:
+    """Return prunekit's own words for torch's weights_only refusal (never torch's advice to unpickle)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"refused: it holds the pickled Python object {found.group(1)}, which only unpickling could "
+                f"restore, and prunekit never unpickles code")
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", message.strip() + "\n", re.S)
+    detail = " ".join(reason.group(1).split())[:80] if reason else ""
+    if detail and "weights_only" not in detail:
+        return f"not a torch file that loads safely (damaged, or not torch data: {detail})"
+    return "refused: it holds pickled data beyond tensors and plain containers, and prunekit never unpickles code"
 
 
 def read_torch_file(path: str | os.PathLike, *, what: str = "a torch file (model, checkpoint or state dict)",
@@ -99,19 +114,15 @@ def read_torch_file(path: str | os.PathLike, *, what: str = "a torch file (model
             warnings.simplefilter("ignore")
             obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found:
-            raise UserError(f"{path}: refused: it holds the pickled Python object {found.group(1)}, which only "
-                            f"unpickling could restore, and prunekit never unpickles code (expected {what})") from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(err).strip() + "\n", re.S)
-        detail = " ".join(reason.group(1).split())[:80] if reason else _first_line(err, 80)
-        raise UserError(f"{path}: not a torch file that loads safely (damaged, or not torch data: {detail}; expected {what})") from None
+        raise UserError(f"{path}: {_unpickling_reason(str(err))} (expected {what})") from None
     except EOFError:
         raise UserError(f"{path}: truncated or empty torch file (it ends early; expected {what})") from None
     except MemoryError:
         raise UserError(f"{path}: declares more data than fits in memory (expected {what})") from None
     except Exception as err:  # a damaged file can fail anywhere in torch's reader: it is the file's fault
-        raise UserError(f"{path}: not a readable torch file ({type(err).__name__}: {_first_line(err)}; expected {what})") from None
+        detail = _first_line(err)
+        detail = "damaged" if "weights_only" in detail else f"{type(err).__name__}: {detail}"
+        raise UserError(f"{path}: not a readable torch file ({detail}; expected {what})") from None
     if mapping and not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a dict (expected {what})")
     return obj
