@@ -4,6 +4,7 @@
 each mistake is ONE line in the recipe's format (``file: dotted.path: what is wrong``):
 
 - `--out`: exists and is not a directory, or lies under a file;
+- names: an unknown method or model, method options or a target the method refuses;
 - `data`: an unknown dataset, an unknown split in ``data.subset`` (``{trian: 5}``), an unknown
   dataset option, a data root given (``data.root``, ``--data-root``, ``$PRUNEKIT_DATA``) that is
   not a directory;
@@ -174,10 +175,25 @@ def check_model(recipe: Any) -> None:
             raise _field(recipe, "baseline.checkpoint", err) from None
 
 
+def check_names(recipe: Any) -> None:
+    """Raise a one-line `UserError` for an unknown method or model, or method settings it refuses."""
+    from prunekit import methods, models
+    from prunekit.errors import unknown_name
+
+    m = recipe.method
+    try:
+        methods.create(m.name, target=m.target, ignore=m.ignore, round_to=m.round_to, **m.options)
+    except UserError as err:
+        raise _field(recipe, "method.name" if m.name not in methods.list_methods() else "method", err) from None
+    if recipe.model.name not in models.list_models():
+        raise _field(recipe, "model.name", unknown_name("model", recipe.model.name, models.list_models()))
+
+
 def check_run(recipe: Any, *, out_dir: str | os.PathLike | None = None) -> None:
-    """Run every check of this module (output directory, data, target, model and files); one-line `UserError`."""
+    """Run every check of this module (output directory, names, data, target, model and files); one-line `UserError`."""
     if out_dir is not None:
         safe_load.check_output_dir(out_dir, "--out")
+    check_names(recipe)
     check_data(recipe)
     check_target(recipe)
     check_model(recipe)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prunekit import preflight
 from prunekit.errors import UserError
 from prunekit.recipe import Recipe, format_validation_error, load_recipe, read_yaml_mapping
 
@@ -92,6 +93,8 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
 
     spec, runs = plan(spec_path, extra=overrides)
     out = Path(out_dir) if out_dir else Path("runs") / spec.name
+    for slug, recipe in runs:  # every grid point is checked before the first one runs (prunekit.preflight)
+        preflight.check_run(recipe, out_dir=out / slug)
     statuses: dict[str, str] = {}
     for i, (slug, recipe) in enumerate(runs):
         if progress:

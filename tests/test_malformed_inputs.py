@@ -516,6 +516,8 @@ PRUNE = [
     ("ignore-nothing", {"--ignore": "nothing*"}, "matches no module"),
     ("data-batches-zero", {"--data": "synthetic", "--data-batches": "0"}, "--data-batches"),
     ("batch-size-zero", {"--data": "synthetic", "--batch-size": "0"}, "--batch-size"),
+    ("batch-size-huge", {"--data": "synthetic", "--batch-size": "1000000000"}, "--batch-size"),
+    ("data-batches-huge", {"--data": "synthetic", "--data-batches": "1000000000"}, "--data-batches"),
     ("data-unknown", {"--data": "cifar11"}, "unknown dataset"),
     ("threads-huge", {"--threads": "100000"}, "--threads"),
     ("input-gray-on-rgb", {"--input-size": "1x32x32"}, "--input-size"),
@@ -633,8 +635,6 @@ def test_compare_out_mistakes(capsys, tmp_path, out, fragment):
 
 @pytest.mark.parametrize("argv, fragment", [
     pytest.param(["run", "{tmp}/bin.yaml", "--out", "{tmp}/out"], "not a text file", id="run-binary-recipe"),
-    pytest.param(["prune", "resnet20", "--method", "l1_filter", "--target", "macs=0.5", "--option", "allocation=[x",
-                  "--out", "{tmp}/x.pt"], "--option", id="prune-bad-option"),
     pytest.param(["report", "{tmp}/run"], "not an object", id="report-list-metrics"),
 ])
 def test_as_a_process(tmp_path, argv, fragment):
@@ -649,3 +649,69 @@ def test_as_a_process(tmp_path, argv, fragment):
     assert len(err.splitlines()) == 1 and err.startswith("prunekit: error:") and fragment in err, err
     assert "Traceback" not in err and "Warning" not in err
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    pytest.param({"method.name": ["l1_filter", "l1"]}, "method.name", id="bad-method-in-a-later-point"),
+    pytest.param({"method.target": ["macs=0.5", "macs=2"]}, "method.target", id="bad-target-in-a-later-point"),
+    pytest.param({"finetune.lr": [0.01, ".inf"]}, "finetune.lr", id="lr-inf-in-a-later-point"),
+    pytest.param({"data.subset": [{"train": 5}, {"trian": 5}]}, "data.subset.trian", id="subset-typo-in-a-later-point"),
+    pytest.param({"method.ignore": [[], ["nothing*"]]}, "method.ignore", id="ignore-in-a-later-point"),
+])
+def test_study_checks_every_point_before_the_first_runs(capsys, tmp_path, monkeypatch, grid, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text(BASE_TEXT)
+    (tmp_path / "study.yaml").write_text(_dump({"name": "grid", "recipe": str(tmp_path / "base.yaml"), "grid": grid}))
+    before = listing(tmp_path)
+    err = one_line_exit_2(capsys, ["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert fragment in err, err
+    assert listing(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    pytest.param(b"", "empty study", id="empty"),
+    pytest.param(b"name: a\nname: b\n", "duplicate key 'name'", id="duplicate-key"),
+    pytest.param(codecs.BOM_UTF16_LE + "name: a\n".encode("utf-16-le"), "UTF-16", id="utf16"),
+])
+def test_study_file_mistakes(capsys, tmp_path, monkeypatch, content, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_bytes(content)
+    err = one_line_exit_2(capsys, ["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out")])
+    assert "study.yaml" in err and fragment in err, err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# a resumed run whose state/ files were replaced
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("resume")
+    recipe = tmp / "case.yaml"
+    recipe.write_text(_dump(mutate({"method.round_to": 1, "report": {"plots": False}})))
+    out = tmp / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    return recipe, out
+
+
+@pytest.mark.parametrize("completed, name, content, fragment", [
+    pytest.param(["baseline"], "baseline_masks.pt", "pickled", "never unpickles code", id="masks-pickled"),
+    pytest.param(["baseline"], "baseline_masks.pt", "garbage", "baseline_masks.pt", id="masks-garbage"),
+    pytest.param(["baseline", "method0"], "method0_method_state.pt", "pickled", "never unpickles code", id="method-state-pickled"),
+    pytest.param(["baseline"], "baseline.pt", "huge", "num_classes", id="stage-model-hostile"),
+])
+def test_resume_with_replaced_state_files(capsys, finished_run, files, tmp_path, completed, name, content, fragment):
+    import shutil
+
+    recipe, done = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.update(status="running", completed_stages=completed)
+    metrics.pop("final", None)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    source = {"pickled": "pickled.pt", "garbage": "garbage.pt", "huge": "huge_classes.pt"}[content]
+    shutil.copy(files[source], out / "state" / name)
+    err = one_line_exit_2(capsys, ["run", str(recipe), "--out", str(out), "--resume", "--quiet"])
+    assert name in err and fragment in err, err

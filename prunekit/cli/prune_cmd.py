@@ -38,8 +38,8 @@ def load_batches(args: Any) -> tuple[Any, tuple[int, ...]] | tuple[None, None]:
 
     from prunekit import data
 
-    if args.data_batches < 1 or args.batch_size < 1:
-        raise UserError("--data-batches and --batch-size must be positive integers")
+    limits.check_data_batches(args.data_batches, "--data-batches")
+    limits.check_batch_size(args.batch_size, "--batch-size")
     # Only the test split's first image per class is decoded: scoring needs training batches.
     bundle = data.load(args.data, root=args.data_root, batch_size=args.batch_size, subset={"test": 1}, augment=False)
     return list(itertools.islice(iter(bundle.train), args.data_batches)), tuple(bundle.input_shape)
