@@ -54,12 +54,13 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill; everything before it is good
-        if isinstance(row, dict):
+        epoch = row.get("epoch", 0) if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= 10**6:  # damaged lines are skipped
             rows.append(row)
     return rows
 

@@ -178,6 +178,22 @@ def test_fuzz_metrics(tmp_path):
     assert counts["refused"] > 0
 
 
+def test_fuzz_log_lines_never_break_the_report(tmp_path):
+    # log.jsonl is append-only and may be damaged anywhere: bad lines are skipped, the plots still render
+    rows = [{"event": "epoch", "stage": "finetune0", "epoch": e, "train_loss": 1.0 / (e + 1), "test_top1": 10.0 * e}
+            for e in range(4)]
+    blob = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    rng = random.Random(SEED + 40)
+    for i in range(30):
+        (tmp_path / "log.jsonl").write_bytes(damage(blob, rng))
+        try:
+            report.plot_training(report.read_log(tmp_path))
+        except UserError:
+            pass
+    (tmp_path / "log.jsonl").write_text('{"event": "epoch", "stage": "s", "epoch": "abc"}\n{"epoch": true}\n[1]\n')
+    assert report.read_log(tmp_path) == []
+
+
 def test_refused_pickle_is_prunekits_own_sentence(tmp_path, recwarn):
     import collections
 
