@@ -187,7 +187,9 @@ def test_fuzz_log_lines_never_break_the_report(tmp_path):
     for i in range(30):
         (tmp_path / "log.jsonl").write_bytes(damage(blob, rng))
         try:
-            report.plot_training(report.read_log(tmp_path))
+            rows = report.read_log(tmp_path)
+            if i % 10 == 0:  # a plot costs a figure: draw a few
+                report.plot_training(rows)
         except UserError:
             pass
     (tmp_path / "log.jsonl").write_text('{"event": "epoch", "stage": "s", "epoch": "abc"}\n{"epoch": true}\n[1]\n')
