@@ -47,21 +47,37 @@ def clean_temp_files(directory: str | os.PathLike, *, recursive: bool = False) -
     return removed
 
 
+def _write_error(err: BaseException, path: str) -> Exception | None:
+    # a full disk, a read-only folder...: one line naming the file (prunekit.safe_load.write_error);
+    # imported here, not at the top: atomic writes stand on their own (no import cycle)
+    if not isinstance(err, Exception):
+        return None
+    from prunekit.safe_load import write_error
+
+    return write_error(err, path)
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> str:
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_path(path)
-    # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise (_write_error(err, path) or err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        translated = _write_error(err, path)
+        if translated is not None:
+            raise translated from None
         raise
     return path
 

@@ -28,6 +28,7 @@ from torch import nn
 from prunekit import lowrank, models  # noqa: F401  (importing them registers the "prune" and "lowrank" replays)
 from prunekit._version import __version__
 from prunekit.atomic import atomic_torch_save, atomic_write
+from prunekit import safe_load
 from prunekit.errors import UserError
 from prunekit.replays import REPLAYS, register_replay
 
@@ -115,6 +116,7 @@ def load(path: str | os.PathLike) -> nn.Module:
     if fmt != FORMAT:
         hint = f"its format is {fmt!r}" if isinstance(fmt, str) else "it has no 'format' entry"
         raise UserError(f"{path}: not a prunekit model file ({hint}; expected {FORMAT!r}, written by prunekit.save); for a plain state dict use prunekit.models.load_weights")
+    safe_load.check_model_file(obj, path)  # structure and sizes, before anything is built
     builder, ops, state = obj.get("builder"), obj.get("ops"), obj.get("state_dict")
     if not isinstance(builder, dict) or not isinstance(builder.get("name"), str) or not isinstance(ops, list) or not isinstance(state, dict):
         raise UserError(f"{path}: damaged prunekit model file (builder, ops or state_dict missing or of the wrong type)")
@@ -123,7 +125,8 @@ def load(path: str | os.PathLike) -> nn.Module:
         name = op.get("op") if isinstance(op, dict) else None
         if name not in REPLAYS:
             raise UserError(f"{path}: op {i} is {name!r}, which nothing registered can replay (known: {', '.join(REPLAYS.names()) or 'none'}); import the module that defines it")
-        model = REPLAYS.get(name)(model, op)
+        with safe_load.damaged(path, f"op {i} ({name})"):
+            model = REPLAYS.get(name)(model, op)
     model.prunekit_ops = list(ops)
     try:
         model.load_state_dict(state, strict=True)

@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from prunekit.errors import UserError
+from prunekit.recipe_checks import check_recipe
+from prunekit.recipe_file import read_yaml_file
 from prunekit.targets import Target
 
 
@@ -259,24 +261,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], *, what: str = "recipe") -> dict[str, Any]:
-    """Return the top-level mapping of the YAML file at `path` (an empty file gives {}); `UserError` otherwise."""
-    path = Path(path)
-    label = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what} {str(path)!r} not found") from None
-    except OSError as err:
-        raise UserError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"{label}: not valid YAML: {_first_line(err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{label}: the top level must be a mapping of sections")
-    return data
+    """Return the top-level mapping of the YAML file at `path`; `UserError` otherwise (empty, binary, duplicate keys, ...)."""
+    return read_yaml_file(path, what=what)
 
 
 def load_recipe(path: str | os.PathLike[str], *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -301,6 +287,7 @@ def recipe_from_dict(
         raise UserError(format_validation_error(err, source=source, set_keys=set_keys)) from None
     recipe._source = source
     _resolve_paths(recipe)
+    check_recipe(recipe)  # limits, finite numbers, nesterov (prunekit.recipe_checks)
     return recipe
 
 

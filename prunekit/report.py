@@ -32,10 +32,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir}: not a prunekit run directory (no {METRICS_FILE})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+    from prunekit.safe_load import read_metrics_file  # size, UTF-8, JSON object, field types
+
+    return read_metrics_file(path)
 
 
 def unfinished_reason(metrics: dict[str, Any]) -> str | None:
@@ -56,12 +55,13 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill; everything before it is good
-        if isinstance(row, dict):
+        epoch = row.get("epoch", 0) if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= 10**6:  # damaged lines are skipped
             rows.append(row)
     return rows
 
@@ -446,6 +446,6 @@ def compare_table(run_dirs: list[str | Path]) -> str:
     notes = [f"latency measured on {', '.join(sorted(devices))} (median)" if devices else "", NETSCORE_CONVENTION]
     if primary is None and all_metrics:
         notes.append("primary: each run's task's primary metric (the runs' tasks differ)")
-    if any((m.get("final") or {}).get("sparsity", 0) > 0.001 for m in all_metrics):
+    if any(((m.get("final") or {}).get("sparsity") or 0) > 0.001 for m in all_metrics):
         notes.append(f"sparsity: {SPARSITY_NOTE}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"

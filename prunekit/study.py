@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prunekit import preflight
 from prunekit.errors import UserError
 from prunekit.recipe import Recipe, format_validation_error, load_recipe, read_yaml_mapping
 
@@ -191,6 +192,8 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
     out = Path(out_dir) if out_dir else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    for p in points:  # every grid point is checked before the first one runs (prunekit.preflight)
+        preflight.check_run(p["recipe"], out_dir=out / p["slug"])
     console = Console(highlight=False, quiet=not progress)
     out.mkdir(parents=True, exist_ok=True)
     record = {"name": spec.name, "study_file": str(spec_path), "recipe": spec.recipe, "set": spec.set, "overrides": list(overrides),

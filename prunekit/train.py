@@ -214,10 +214,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Return a checkpoint written by `train` (read with weights_only=True, tensors on the CPU)."""
-    try:
-        blob = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    from prunekit.safe_load import read_torch_file  # every failure one line, torch's advice never repeated
+
+    blob = read_torch_file(path, what="a prunekit training checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a prunekit training checkpoint (format {CHECKPOINT_FORMAT})")
     return blob

@@ -38,9 +38,11 @@ def test_defaults_and_name_from_file(tmp_path):
     assert recipe.eval.latency_batch_size == 1 and recipe.report.plots is True
 
 
-def test_empty_file_is_all_defaults(tmp_path):
-    recipe = load_recipe(write(tmp_path, ""))
-    assert recipe.to_dict() == Recipe(name="exp").to_dict()
+def test_empty_file_is_an_error_not_all_defaults(tmp_path):
+    # an empty recipe used to run every default for minutes and fail on the missing target (issue 14)
+    message = error_of(write(tmp_path, ""))
+    assert message.startswith("exp.yaml: empty recipe") and "method" in message
+    assert load_recipe(write(tmp_path, "seed: 0\n")).to_dict() == Recipe(name="exp").to_dict()
 
 
 def test_wrong_type_names_file_and_field_path(tmp_path):

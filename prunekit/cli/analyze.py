@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunekit import limits
 from prunekit.cli.common import add_model_arguments, human, load_model, print_json, print_table
 
 
@@ -20,6 +21,7 @@ def run(args: Any) -> int:
     from prunekit import bench, structure
     from prunekit.metrics import measure
 
+    limits.check_repeats(args.repeats, "--repeats")
     model, x = load_model(args)
     m = measure(model, x)
     groups = structure.channel_groups(model, x)

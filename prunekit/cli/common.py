@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit import limits, preflight
 from prunekit.errors import UserError
 from prunekit.report import human, jsonable  # noqa: F401  (human re-exported for the commands)
 
@@ -58,9 +59,7 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
     from prunekit import io, models
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be >= 1")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(limits.check_threads(args.threads, "--threads"))
     target = args.model
     if os.path.sep in target or target.endswith((".pt", ".pth", ".th")) or os.path.exists(target):
         if not os.path.isfile(target):
@@ -68,10 +67,9 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
         model = io.load(target)
     else:
         num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else 1000)
-        if num_classes < 1:
-            raise UserError(f"--num-classes {num_classes} must be >= 1")
+        limits.check_num_classes(num_classes, "--num-classes")
         model = models.create(target, num_classes=num_classes, small_input=args.small_input)
-    size = parse_input_size(args.input_size) if args.input_size else default_input_size(model)
+    size = limits.parse_input_size(args.input_size, channels_expected=preflight.input_channels(model)) if args.input_size else default_input_size(model)
     model.eval()
     return model, torch.zeros(1, *size)
 

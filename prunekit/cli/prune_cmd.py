@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import yaml
 
 from prunekit.cli.common import add_model_arguments, human, load_model, print_json, print_table
+from prunekit import limits, safe_load
 from prunekit.errors import UserError
+from prunekit.recipe_file import parse_yaml_value
 
 
 def add_parser(sub: Any) -> None:
@@ -37,8 +38,8 @@ def load_batches(args: Any) -> tuple[Any, tuple[int, ...]] | tuple[None, None]:
 
     from prunekit import data
 
-    if args.data_batches < 1 or args.batch_size < 1:
-        raise UserError("--data-batches and --batch-size must be positive integers")
+    limits.check_data_batches(args.data_batches, "--data-batches")
+    limits.check_batch_size(args.batch_size, "--batch-size")
     # Only the test split's first image per class is decoded: scoring needs training batches.
     bundle = data.load(args.data, root=args.data_root, batch_size=args.batch_size, subset={"test": 1}, augment=False)
     return list(itertools.islice(iter(bundle.train), args.data_batches)), tuple(bundle.input_shape)
@@ -51,10 +52,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--option {item!r} is not KEY=VALUE")
-        try:
-            options[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise UserError(f"--option {item!r}: the value is not valid YAML ({' '.join(str(err).split())[:120]})") from None
+        options[key.strip()] = parse_yaml_value(raw, f"--option {item!r}")
     return options
 
 
@@ -79,6 +77,8 @@ def run(args: Any) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: directory {out_dir} does not exist")
+    safe_load.check_output_file(args.out, "--out")
+    limits.check_repeats(args.repeats, "--repeats")
     # What can be checked before the slow part (loading, timing) is; prunekit.prune builds the
     # method once and validates its options.
     options = parse_options(args.option)

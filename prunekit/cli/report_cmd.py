@@ -36,6 +36,10 @@ def run_report(args: Any) -> int:
 def run_compare(args: Any) -> int:
     from prunekit.report import compare_table
 
+    if args.out:
+        from prunekit.safe_load import check_output_file
+
+        check_output_file(args.out, "--out")
     table = compare_table(args.run_dirs)
     print(table, end="")
     if args.out:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from prunekit import preflight
 from prunekit._version import __version__
 from prunekit.experiment import results
 from prunekit.experiment.context import RunContext
@@ -66,6 +67,7 @@ class Experiment:
         self.resume = resume
         # Every mistake the recipe can hold is reported before the run directory is touched.
         self.ctx = RunContext(recipe, device=device, progress=progress)
+        preflight.check_run(recipe, out_dir=Path(out_dir))  # model, data, files: before the run directory is touched
         self.console = self.ctx.console
         self.rundir = RunDir(out_dir)
         self.stages = plan(self.ctx)

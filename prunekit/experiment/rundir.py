@@ -211,8 +211,12 @@ class RunDir:
                     method.info = info
 
     def _torch_file(self, path: Path) -> Any:
+        from prunekit import safe_load
+
         try:
-            return torch.load(path, weights_only=True, map_location="cpu")
+            return safe_load.read_torch_file(path, what="a state file written by prunekit run")
+        except UserError as err:  # its own line says what is wrong with the file; add what to do
+            raise UserError(f"{err}; rerun without --resume (starts over) or use --out NEW_DIR") from None
         except Exception:
             raise self._damaged(path) from None
 

@@ -3,42 +3,16 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from prunekit.errors import UserError
+from prunekit.safe_load import read_torch_file  # noqa: F401  (moved to prunekit.safe_load; re-exported)
 
 # Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def read_torch_file(path: str | os.PathLike) -> object:
-    """Return the object stored in a torch file, read with `weights_only=True` onto the CPU.
-
-    Raises `UserError` when the file is missing, unreadable, or holds pickled Python objects
-    beyond tensors and plain containers (which only arbitrary unpickling could restore).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise UserError(
-                f"{path}: refused: the file holds the pickled Python object {found.group(1)}, which only "
-                f"arbitrary unpickling could restore, and prunekit never unpickles code"
-            ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        raise UserError(f"{path}: not a torch file that loads safely with weights_only=True ({reason.group(1).strip() if reason else 'unpickling failed'})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
 
 
 def extract_state_dict(obj: object, *, path: str | os.PathLike) -> dict[str, torch.Tensor]:
