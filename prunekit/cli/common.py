@@ -67,8 +67,9 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
             raise UserError(f"{target}: no such file")
         model = io.load(target)
     else:
-        num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else 1000)
-        if num_classes < 1:
+        # None: the builder's own default (1000 for ImageNet models, 2 for a face detector)
+        num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else None)
+        if num_classes is not None and num_classes < 1:
             raise UserError(f"--num-classes {num_classes} must be >= 1")
         model = models.create(target, num_classes=num_classes, small_input=args.small_input)
     size = parse_input_size(args.input_size) if args.input_size else default_input_size(model)
