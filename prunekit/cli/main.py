@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "prunekit.cli.prune_cmd",
     "prunekit.cli.run_cmd",
     "prunekit.cli.report_cmd",
+    "prunekit.cli.detect_cmd",
 ]
 
 
