@@ -114,6 +114,7 @@ def test_collate_pads_to_a_multiple_of_32():
     b = (torch.ones(3, 70, 30), {"boxes": torch.zeros(0, 4)})
     x, t = collate([a, b])
     assert x.shape == (2, 3, 96, 64) and x[0, :, 40:].abs().sum() == 0 and len(t) == 2
+    assert tasks.create("detection").collate([a, b])[0].shape == (2, 3, 96, 64)
 
 
 def test_val_only_folder_says_how_to_train(tmp_path):

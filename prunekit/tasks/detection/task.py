@@ -80,6 +80,13 @@ class Detection(Task):
             raise UserError(f"task 'detection': bad option ({err})") from None
         return opts
 
+    def collate(self, samples: Any) -> Any:
+        """Return (images, list of target dicts); images of different sizes are padded (see
+        `prunekit.data.widerface.collate`)."""
+        from prunekit.data.widerface import collate
+
+        return collate(samples)
+
     # training ----------------------------------------------------------------------------------
     def losses(self, outputs: Any, batch: Any) -> dict[str, torch.Tensor]:
         box_d, logits, lm_d = split_outputs(outputs)
