@@ -37,6 +37,8 @@ loader's `eval_batch_size` is not used, since images of different sizes only bat
 `eval_size: N` resizes the longer side to N (the factor is kept as the target's `scale`, so boxes
 are scored in the original pixels); a batch of several images is padded right and bottom to a
 multiple of 32 with the mean colour. Resizing uses `torchvision.transforms.v2.functional.resize`.
+`subset: N` keeps the first N images of a split in box-file order (not N per class). A folder
+without a train split still loads for evaluation; iterating its `train` says to set `split_val`.
 """
 
 from __future__ import annotations
