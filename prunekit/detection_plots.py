@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from prunekit.data.folder import decode_rgb
-from prunekit.data.widerface import to_model_input
 from prunekit.errors import UserError
 
 
@@ -37,7 +36,7 @@ def detect_images(model: nn.Module, images: Sequence[torch.Tensor | str | os.Pat
     """Return the detections of `model` on each image (uint8 RGB tensors or paths), each at its own
     size (or its longer side resized to `max_size`), boxes in the image's pixels, on the CPU."""
     from prunekit import tasks
-    from prunekit.data.widerface import EvalTransform
+    from prunekit.data.detection_batches import EvalTransform
 
     task = tasks.resolve(task or "detection")
     was = model.training

@@ -83,7 +83,7 @@ class Detection(Task):
     def collate(self, samples: Any) -> Any:
         """Return (images, list of target dicts); images of different sizes are padded (see
         `prunekit.data.widerface.collate`)."""
-        from prunekit.data.widerface import collate
+        from prunekit.data.detection_batches import collate
 
         return collate(samples)
 
