@@ -33,7 +33,7 @@ def _one_thread():
 
 def test_registry_lists_every_dataset_and_names_unknown_ones():
     assert data.list_datasets() == sorted(
-        ["cifar10", "cifar100", "svhn", "caltech101", "fashion_mnist", "mnist", "imagenet", "synthetic"]
+        ["cifar10", "cifar100", "svhn", "caltech101", "fashion_mnist", "mnist", "imagenet", "synthetic", "widerface"]
     )
     with pytest.raises(UserError) as err:
         data.create("cifr10")

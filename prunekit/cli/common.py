@@ -66,8 +66,10 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
             raise UserError(f"{target}: no such file")
         model = io.load(target)
     else:
-        num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else 1000)
-        limits.check_num_classes(num_classes, "--num-classes")
+        # None: the builder's own default (1000 for ImageNet models, 2 for a face detector)
+        num_classes = args.num_classes if args.num_classes is not None else (10 if is_cifar_model(target) else None)
+        if num_classes is not None:
+            limits.check_num_classes(num_classes, "--num-classes")
         model = models.create(target, num_classes=num_classes, small_input=args.small_input)
     size = limits.parse_input_size(args.input_size, channels_expected=preflight.input_channels(model)) if args.input_size else default_input_size(model)
     model.eval()

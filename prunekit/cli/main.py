@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "prunekit.cli.evaluate_cmd",
     "prunekit.cli.run_cmd",
     "prunekit.cli.report_cmd",
+    "prunekit.cli.detect_cmd",
 ]
 
 

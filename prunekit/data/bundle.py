@@ -150,6 +150,11 @@ def load(name: str, *, root: str | os.PathLike | None = None, batch_size: int = 
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     dev = _device(device)
     spec, req = _request(name, root, seed, options, progress)
+    if spec.kind == "detection":  # images of any size with box targets: the dataset's own loaders
+        from prunekit.data.widerface import load_bundle
+
+        return load_bundle(spec, req, batch_size=batch_size, device=dev, subset=subset, seed=seed, augment=augment,
+                           num_workers=num_workers)
     test_split = spec.test_split
     sets = spec.build(req, {"train": parse_subset(subset, "train"), test_split: parse_subset(subset, test_split)})
     train_ds, test_ds = sets["train"], sets[test_split]

@@ -57,7 +57,7 @@ class DatasetSpec:
     """
 
     name: str
-    kind: str  # "memory" | "folder"
+    kind: str  # "memory" | "folder" | "detection" (batches of images and target dicts, see data.widerface)
     description: str
     splits: tuple[str, ...]
     test_split: str
@@ -292,6 +292,15 @@ def _register() -> None:
         mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=True, build=caltech101.build, options=dict(caltech101.DEFAULTS), **memory))
 
 
+def _register_detection() -> None:
+    from prunekit.data import widerface
+
+    DATASETS.add("widerface", DatasetSpec(
+        name="widerface", kind="detection", description="WIDER FACE face detection, official layout (train/val, bbx_gt.txt, keep-list .mat)",
+        splits=("train", "val"), test_split="val", mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), flip=True,
+        build=widerface.build, options=dict(widerface.OPTIONS)))
+
+
 def imagefolder_spec(path: str) -> DatasetSpec:
     """Return the spec of `imagefolder:PATH` (ImageNet statistics, 224-pixel crops by default)."""
     return DatasetSpec(
@@ -301,3 +310,4 @@ def imagefolder_spec(path: str) -> DatasetSpec:
 
 
 _register()
+_register_detection()

@@ -16,6 +16,7 @@ from prunekit.errors import UserError
 from prunekit.models.cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet, ShortcutA, ShortcutAPruner, cifar_resnet
 from prunekit.models.cifar_vgg import VGG_CIFAR_CFGS, CifarVGG, cifar_vgg
 from prunekit.models.imagenet import build_pretrained, is_imagenet
+from prunekit.models.retinaface import retinaface_mnet025
 from prunekit.models.stem import adapt_small_input, check_small_input_supported
 from prunekit.models.timm_models import PREFIX as TIMM_PREFIX
 from prunekit.models.timm_models import create_timm, timm_names
@@ -60,6 +61,7 @@ for _depth in CIFAR_RESNET_DEPTHS:
     register_model(f"resnet{_depth}", _cifar_resnet_builder(_depth))
 for _depth in VGG_CIFAR_CFGS:
     register_model(f"vgg{_depth}_cifar", _cifar_vgg_builder(_depth))
+register_model("retinaface_mnet025", retinaface_mnet025)
 
 
 def list_models() -> list[str]:
@@ -73,7 +75,7 @@ def _check_num_classes(num_classes: object) -> int:
     return num_classes
 
 
-def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
+def create(name: str, *, num_classes: int | None = None, small_input: bool = False,
            weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """Return model `name` with random weights, the weights of the local file `weights`, or ImageNet's.
 
@@ -85,6 +87,9 @@ def create(name: str, *, num_classes: int = 1000, small_input: bool = False,
     model carries `prunekit_builder = {"name": ..., "kwargs": {...}}`, the plain-data recipe that
     rebuilds it (weights excluded), and starts in training mode.
     """
+    if num_classes is None:  # a builder may declare its own default (a face detector: 2), else 1000
+        default = None if name.startswith(TIMM_PREFIX) or name not in MODELS else getattr(MODELS.get(name), "default_num_classes", None)
+        num_classes = default or 1000
     num_classes = _check_num_classes(num_classes)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise UserError(f"weights={weights!r} is not allowed; give the path of a local weight file or 'imagenet'")

@@ -68,9 +68,19 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Accepts a bare state dict or a dict with "state_dict"/"model"; strips `module.` prefixes;
     tolerates missing BatchNorm `num_batches_tracked` counters. Any other missing, unexpected or
-    shape-mismatched key raises `UserError` naming the file and the first keys concerned.
+    shape-mismatched key raises `UserError` naming the file and the first keys concerned. A
+    model with a `prunekit_load_state_dict(sd, path) -> bool` method may load the file itself
+    (e.g. a backbone-only file into a detector); False hands it back to the strict loading.
     """
     sd = extract_state_dict(read_torch_file(path), path=path)
+    hook = getattr(model, "prunekit_load_state_dict", None)  # a model may read foreign files itself
+    if callable(hook) and hook(sd, path):
+        return model
+    return load_state_dict_strict(model, sd, path)
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
+    """Load `sd` into `model`: every key must fit (missing `num_batches_tracked` tolerated), else `UserError`."""
     check_fit(model, sd, source=os.fspath(path))
     model.load_state_dict(sd, strict=False)
     return model

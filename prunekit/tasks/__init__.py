@@ -7,5 +7,6 @@
 
 from prunekit.tasks.base import TASKS, Metric, Task, call_model, create, list_tasks, output_layers, register, resolve
 from prunekit.tasks import classification  # noqa: F401  (registers "classification")
+from prunekit.tasks import detection  # noqa: F401  (registers "detection")
 
 __all__ = ["TASKS", "Metric", "Task", "call_model", "create", "list_tasks", "output_layers", "register", "resolve"]
