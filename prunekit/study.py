@@ -176,18 +176,23 @@ def _duration(seconds: float) -> str:
 
 
 def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, device: str | None = None,
-              overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
+              overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
+              executor: str = "sequential", executor_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every point of the study at `spec_path`; return {"out", "runs": {slug: status}, "table", "headline"}.
 
     `overrides` are applied to every run after the study's own. Complete runs are skipped,
     unfinished ones resumed; a failed run does not stop the others (an interrupt does).
+    `executor="ray"` runs the points not complete as Ray tasks (`executor_options`: address,
+    num_cpus, resources_per_run; see `prunekit.study_ray`) into the same run directories.
     """
     from rich.console import Console
 
+    from prunekit import study_ray
     from prunekit.experiment import run_experiment
     from prunekit.io import atomic_write
     from prunekit.report import read_metrics
 
+    run_grid = study_ray.executor(executor, **(executor_options or {}))  # no Ray: one line, before anything is written
     spec, points = plan(spec_path, extra=overrides, device=device)
     out = Path(out_dir) if out_dir else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
@@ -209,7 +214,47 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
 
     statuses: dict[str, str] = {}
     timed: list[float] = []
-    for p in points:
+    if executor != "sequential":
+        held: dict[str, Path] = {}
+        for p in points:
+            if status_of(out / p["slug"]) == "complete":
+                statuses[p["slug"]] = "complete"
+                continue
+            lock = out / LOCK_DIR / f"{p['slug']}.lock"
+            if _claim(lock):  # the driver holds every point it submits, so other study processes skip them
+                held[p["slug"]] = lock
+            else:
+                console.print(f"study {spec.name}: {p['slug']} is being run by process {_lock_pid(lock)}; skipped")
+
+        def on_done(p: dict[str, Any], status: str, seconds: float) -> None:
+            statuses[p["slug"]] = status
+            held.pop(p["slug"]).unlink(missing_ok=True)
+            if seconds == seconds:  # NaN when the worker died
+                timed.append(seconds)
+            if status.startswith("failed"):
+                if not (out / p["slug"] / "metrics.json").exists():  # refused before its run directory was written
+                    _error_file(out, p["slug"]).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(_error_file(out, p["slug"]), status.encode("utf-8"))
+                console.print(f"[bold red]study {spec.name}: {p['slug']} failed[/]: {status}")
+            else:
+                _error_file(out, p["slug"]).unlink(missing_ok=True)
+            console.print(progress_line(spec.name, points, statuses, timed), soft_wrap=True)
+
+        todo = [p for p in points if p["slug"] in held]
+        options = dict(executor_options or {})
+        kwargs = {} if "resources_per_run" in options else {
+            "resources_per_run": study_ray.default_resources(device or (todo[0]["recipe"].device if todo else None))}
+        try:
+            if todo:
+                run_grid(todo, run_one=study_ray.point_runner(out, device=device), on_done=on_done, **kwargs)
+        except KeyboardInterrupt:
+            render_study(out)
+            raise
+        finally:
+            for lock in held.values():
+                lock.unlink(missing_ok=True)
+        statuses = {p["slug"]: statuses[p["slug"]] for p in points if p["slug"] in statuses}
+    for p in points if executor == "sequential" else []:
         run_dir = out / p["slug"]
         if status_of(run_dir) == "complete":
             statuses[p["slug"]] = "complete"

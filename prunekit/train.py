@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit import tasks
+from prunekit import distributed, tasks
 from prunekit.errors import UserError
 from prunekit.tasks.classification import autocast as _autocast
 
@@ -308,6 +308,12 @@ def _sum(values: Iterable[torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def _all_finite(finite: torch.Tensor) -> bool:
+    """True when the loss was finite on every rank (a collective: every rank stops together, none hangs)."""
+    bad = distributed.all_reduce_sum((~finite).to(torch.float32).reshape(1))
+    return bool(bad.item() == 0)
+
+
 def _call(hooks: Sequence[Any], name: str, *args: Any, **kwargs: Any) -> list[Any]:
     return [getattr(h, name)(*args, **kwargs) for h in hooks if callable(getattr(h, name, None))]
 
@@ -336,6 +342,7 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    dist: distributed.DistInfo | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data` (a `prunekit.data.DataBundle`) and return a `TrainResult`.
 
@@ -348,12 +355,18 @@ def train(
     `task` (a `prunekit.tasks.Task` or a task name; default classification) turns each batch into
     named losses, which are summed (plus the hooks' regularizers) and stepped; validation is
     `task.evaluate`, and `best` is the epoch with the best primary metric in its direction.
+
+    `dist` (from `prunekit.distributed.init_from_env`) trains data-parallel: every rank starts from
+    rank 0's weights, takes batch_size / world_size of each global batch, steps through DDP; the
+    epoch's figures are summed over ranks, rank 0 evaluates (the others receive its scores), and
+    only rank 0 writes the checkpoint, the log and the progress display.
     """
     config.validate()
     task = tasks.resolve(task)
     primary = task.primary
     device = torch.device(device)
     hooks = [h for h in hooks if h is not None]
+    info = dist if dist is not None else distributed.DistInfo(device=device)
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -368,8 +381,12 @@ def train(
         _restore_model(model, ckpt["model"], ckpt_path)
     else:
         seed_everything(config.seed)
+    distributed.broadcast_module_state(model)  # rank 0's weights (and masks) everywhere; a no-op in one process
+    from prunekit.data.sharded import sharded
 
-    steps_per_epoch = len(data.train)
+    train_batches = sharded(data.train, info)  # this rank's B / world_size of every global batch
+
+    steps_per_epoch = len(train_batches)
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     if steps_per_epoch < 1 and config.epochs > 0:
@@ -388,19 +405,20 @@ def train(
                             f"this run has {len(stateful)} with state; resume with the same method")
         for hook, state in zip(stateful, ckpt["hooks"]):
             hook.load_state_dict(state)
-        if ckpt.get("data") is not None and callable(getattr(data.train, "load_state_dict", None)):
-            data.train.load_state_dict(ckpt["data"])
+        if ckpt.get("data") is not None and callable(getattr(train_batches, "load_state_dict", None)):
+            train_batches.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"])
         history, best, start = list(ckpt["history"]), ckpt["best"], int(ckpt["epoch"]) + 1
     last_good = start - 1 if ckpt is not None else None
 
-    forward = torch.compile(model) if config.compile else model
-    display = _Display(progress, stage)
+    forward = distributed.wrap_ddp(model, info)  # hooks, optimizer and surgery keep `model`
+    forward = torch.compile(forward) if config.compile else forward
+    display = _Display(progress and info.is_main, stage)
     sync_every = 1 if device.type == "cpu" else 25  # a GPU->CPU sync per step would starve the GPU
     try:
         for epoch in range(start, config.epochs):
-            if callable(getattr(data.train, "set_epoch", None)):
-                data.train.set_epoch(epoch)
+            if callable(getattr(train_batches, "set_epoch", None)):
+                train_batches.set_epoch(epoch)
             model.train()
             bar = display.epoch(epoch, config.epochs, steps_per_epoch)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -408,7 +426,7 @@ def train(
             stat_sums: dict[str, torch.Tensor] = {}
             finite = torch.ones((), dtype=torch.bool, device=device)
             seen, t0 = 0, time.perf_counter()
-            for step, batch in enumerate(itertools.islice(data.train, steps_per_epoch)):
+            for step, batch in enumerate(itertools.islice(train_batches, steps_per_epoch)):
                 batch = task.to_device(batch, device, memory_format=memory_format)
                 with _autocast(device, config.amp):
                     outputs = task.forward(forward, batch)
@@ -419,7 +437,7 @@ def train(
                     if extra is not None:
                         total = total + extra
                 finite &= torch.isfinite(total.detach())
-                if (step + 1) % sync_every == 0 and not finite:  # before the step: the weights stay good
+                if (step + 1) % sync_every == 0 and not _all_finite(finite):  # before the step: the weights stay good
                     raise _diverged(stage, epoch, step, total.item(), scheduler.get_last_lr()[0], ckpt_path, last_good)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -440,23 +458,30 @@ def train(
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     stats = "".join(f"  {k} {v.item() / seen:.2f}" for k, v in stat_sums.items())
                     display.update(bar, step + 1, f"loss {loss_sum.item() / seen:.4f}{stats}  {rate:.0f} img/s")
-            if not finite:
+            if not _all_finite(finite):
                 raise _diverged(stage, epoch, steps_per_epoch - 1, float("nan"), scheduler.get_last_lr()[0], ckpt_path, last_good)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
             _call(hooks, "after_epoch", model, epoch=epoch)
+            distributed.broadcast_module_state(model)  # SFP's zeroing, masks: rank 0's, bit for bit
+            sums = distributed.reduce_metrics({"loss": loss_sum, "seen": seen, **{f"loss_{k}": v for k, v in named_sums.items()},
+                                               **{f"stat_{k}": v for k, v in stat_sums.items()}})
+            seen = sums["seen"]
 
             key = f"val_{primary.name}"
-            record: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1)}
+            record: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": sums["loss"] / max(seen, 1)}
             if len(named_sums) > 1:
-                record.update({f"train_loss_{k}": v.item() / max(seen, 1) for k, v in named_sums.items()})
-            record.update({f"train_{k}": v.item() / max(seen, 1) for k, v in stat_sums.items()})
+                record.update({f"train_loss_{k}": sums[f"loss_{k}"] / max(seen, 1) for k in named_sums})
+            record.update({f"train_{k}": sums[f"stat_{k}"] / max(seen, 1) for k in stat_sums})
             record.update({key: None, "val_loss": None,
                            "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(train_time, 1e-9)})
             if epoch == config.epochs - 1 or (config.eval_every and (epoch + 1) % config.eval_every == 0):
                 loader = data.val if data.val is not None else data.test
-                scores = task.evaluate(model, loader, device=device, amp=config.amp, max_batches=config.eval_max_batches)
+                scores = None
+                if info.is_main:  # exact for any metric (AP included); the others wait for its scores
+                    scores = task.evaluate(model, loader, device=device, amp=config.amp, max_batches=config.eval_max_batches)
+                scores = distributed.broadcast_object(scores)
                 task.primary_value(scores)  # a UserError if the task's evaluate lacks its primary metric
                 record.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
                 record["eval_split"] = "val" if data.val is not None else "test"
@@ -465,16 +490,18 @@ def train(
             if record[key] is not None and (best is None or primary.better(record[key], best[key])):
                 best = dict(record)
 
-            if ckpt_path is not None:
+            if ckpt_path is not None and info.is_main:
                 save_checkpoint(ckpt_path, {
                     "format": CHECKPOINT_FORMAT, "stage": stage, "epoch": epoch, "config": dataclasses.asdict(config),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "hooks": [h.state_dict() for h in hooks if callable(getattr(h, "load_state_dict", None))],
-                    "data": data.train.state_dict() if callable(getattr(data.train, "state_dict", None)) else None,
+                    "data": train_batches.state_dict() if callable(getattr(train_batches, "state_dict", None)) else None,
                     "rng": rng_state(), "history": history, "best": best,
                 })
+            if ckpt_path is not None:
+                distributed.barrier()  # the checkpoint is whole before any rank goes on
                 last_good = epoch
-            if log_path is not None:
+            if log_path is not None and info.is_main:
                 Path(log_path).parent.mkdir(parents=True, exist_ok=True)
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")

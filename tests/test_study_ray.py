@@ -66,6 +66,20 @@ def test_executor_choice_without_ray_names_the_extra(monkeypatch):
         study_ray.executor("rayy")
 
 
+def test_study_command_without_ray_is_one_line_before_any_write(monkeypatch, tmp_path, capsys):
+    from prunekit.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"name": "g", "recipe": "recipes/quickstart.yaml",
+                                                         "grid": {"seed": [0, 1]}}))
+    assert main(["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out"), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err == "prunekit: error: the ray executor needs Ray, which is not installed: pip install 'prunekit[ray]'\n"
+    assert not (tmp_path / "out").exists()
+    assert main(["study", str(tmp_path / "study.yaml"), "--ray-address", "auto"]) == 2
+    assert "--ray-address goes with --executor ray" in capsys.readouterr().err
+
+
 class FakeRay:
     """Runs tasks synchronously; records init/shutdown: enough for run_grid_ray's own logic."""
 
@@ -198,12 +212,17 @@ def test_four_run_study_on_ray_is_resumable_by_either_executor(local_ray, tmp_pa
         "name": "grid", "recipe": str(tmp_path / "tiny.yaml"),
         "grid": {"method.name": ["l1_filter", "random"], "method.target": ["macs=0.3", "macs=0.5"]},
     }))
+    from prunekit.cli.main import main
+
     _, points = plan(tmp_path / "study.yaml")
     out = tmp_path / "out"
-    statuses = study_ray.run_grid_ray(points, run_one=study_ray.point_runner(out, device="cpu"),
-                                      resources_per_run=study_ray.default_resources("cpu"))
+    # through the command line: `prunekit study --executor ray` on the local 2-CPU instance the fixture started
+    assert main(["study", str(tmp_path / "study.yaml"), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--executor", "ray"]) == 0
     slugs = ["l1_filter-macs0.3", "l1_filter-macs0.5", "random-macs0.3", "random-macs0.5"]
+    statuses = {s: read_metrics(out / s)["status"] for s in slugs}
     assert statuses == {s: "complete" for s in slugs}
+    assert not (out / ".locks").exists()  # the driver released every point it held
     achieved = {s: read_metrics(out / s)["achieved"]["macs"] for s in slugs}
     assert achieved["l1_filter-macs0.3"] < achieved["l1_filter-macs0.5"]
     assert achieved["random-macs0.3"] < achieved["random-macs0.5"]

@@ -7,6 +7,7 @@ Each command module defines `add_parser(subparsers)` (which sets `func=run` on i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prunekit._version import __version__
@@ -45,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --nproc N` re-runs these under torchrun
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"prunekit: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises it; rank 0 says it once
+            print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunekit: interrupted", file=sys.stderr)

@@ -3,8 +3,11 @@ and `prunekit study STUDY [--set k=v]... [--out DIR] [--device cpu|cuda] [--data
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from prunekit.errors import UserError
 
 
 def add_parser(sub: Any) -> None:
@@ -22,6 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the recipe's device")
     p.add_argument("--data-root", default=None, metavar="DIR", help="data directory (same as --set data.root=DIR; default $PRUNEKIT_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train data-parallel in N local processes: re-runs this command under torchrun (gloo on CPU, NCCL on CUDA)")
     p.set_defaults(func=run)
 
     s = sub.add_parser(
@@ -39,10 +44,20 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the recipes' device")
     s.add_argument("--data-root", default=None, metavar="DIR", help="data directory for every run")
     s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.add_argument("--executor", choices=["sequential", "ray"], default="sequential",
+                   help="sequential (default) or ray: every run a Ray task, one CPU or GPU each (pip install 'prunekit[ray]')")
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: join this cluster (e.g. auto); default: a local Ray instance")
     s.set_defaults(func=run_study)
 
 
 def run(args: Any) -> int:
+    from prunekit import distributed
+
+    if args.nproc is not None and args.nproc != 1 and not distributed.launched():
+        from prunekit.cli.launch import launch
+
+        return launch(args.argv, args.nproc)
     from prunekit.experiment import run_experiment
     from prunekit.recipe import load_recipe
 
@@ -51,7 +66,12 @@ def run(args: Any) -> int:
         overrides.append(f"data.root={args.data_root}")
     recipe = load_recipe(args.recipe, overrides=overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    metrics = run_experiment(recipe, out_dir=out, resume=args.resume, device=args.device, progress=not args.quiet)
+    try:
+        metrics = run_experiment(recipe, out_dir=out, resume=args.resume, device=args.device, progress=not args.quiet)
+    finally:
+        distributed.destroy()  # under torchrun: leave the process group (a no-op in one process)
+    if distributed.launched() and os.environ.get("RANK") != "0":
+        return 0 if metrics.get("status") == "complete" else 1  # rank 0 prints the summary
     if not args.quiet:
         print_summary(metrics)
     print(f"report: {out / 'report.md'}")
@@ -81,7 +101,11 @@ def run_study(args: Any) -> int:
     from prunekit.study import run_study as run_grid
 
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    result = run_grid(args.study, out_dir=args.out, device=args.device, overrides=overrides, progress=not args.quiet)
+    options = {"address": args.ray_address} if args.executor == "ray" else {}
+    if args.ray_address and args.executor != "ray":
+        raise UserError("--ray-address goes with --executor ray")
+    result = run_grid(args.study, out_dir=args.out, device=args.device, overrides=overrides, progress=not args.quiet,
+                      executor=args.executor, executor_options=options)
     print(result["table"], end="")
     if result.get("headline"):
         print("\n" + result["headline"], end="")

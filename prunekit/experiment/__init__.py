@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from prunekit import preflight
+from prunekit import distributed, preflight
 from prunekit._version import __version__
+from prunekit.errors import UserError
 from prunekit.experiment import results
 from prunekit.experiment.context import RunContext
 from prunekit.experiment.rundir import RUN_FILES, STATE_DIR, RunDir, now
@@ -69,13 +70,13 @@ class Experiment:
         self.ctx = RunContext(recipe, device=device, progress=progress)
         preflight.check_run(recipe, out_dir=Path(out_dir))  # model, data, files: before the run directory is touched
         self.console = self.ctx.console
-        self.rundir = RunDir(out_dir)
+        self.rundir = RunDir(out_dir, writer=self.ctx.dist.is_main)
         self.stages = plan(self.ctx)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) the experiment; return the content of metrics.json."""
         ctx, rd = self.ctx, self.rundir
-        previous = rd.inspect(resume=self.resume, recipe=ctx.recipe.to_dict())
+        previous = self._inspect()
         if previous is not None and previous.get("status") == "complete":
             rd.refresh_report(previous)
             self.console.print(f"{rd.path}: already complete, nothing to resume")
@@ -84,7 +85,8 @@ class Experiment:
         if ctx.recipe.threads:
             torch.set_num_threads(ctx.recipe.threads)
         try:
-            ctx.load_data()  # still nothing written: a data mistake leaves no run directory behind
+            with distributed.main_first():  # rank 0 first: a data cache is decoded once
+                ctx.load_data()  # still nothing written: a data mistake leaves no run directory behind
             if previous is None:
                 rd.start_over()
             rd.open(self._initial_metrics(previous), recipe_yaml=ctx.recipe.resolved_yaml())
@@ -94,9 +96,23 @@ class Experiment:
                 except BaseException as err:
                     rd.fail(err)
                     raise
+            distributed.barrier()  # every rank returns once rank 0 has written the whole run directory
             return rd.metrics
         finally:
             torch.set_num_threads(threads_before)
+
+    def _inspect(self) -> dict[str, Any] | None:
+        """`RunDir.inspect` on rank 0; the other ranks get its answer (or raise its error) without touching the directory."""
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.rundir.writer:
+            try:
+                outcome = ("ok", self.rundir.inspect(resume=self.resume, recipe=self.ctx.recipe.to_dict()))
+            except UserError as err:
+                outcome = ("error", str(err))
+        kind, value = distributed.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(value)
+        return value
 
     def _loop(self) -> None:
         ctx, rd = self.ctx, self.rundir

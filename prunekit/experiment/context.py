@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from prunekit import data, io, methods, models, tasks, train
+from prunekit import data, distributed, io, methods, models, tasks, train
 from prunekit.errors import UserError, unknown_name
 from prunekit.methods.autorate import DEFAULT_RETRAIN as AUTORATE_RETRAIN
 from prunekit.methods.base import MethodContext
@@ -77,9 +77,12 @@ class RunContext:
 
     def __init__(self, recipe: Recipe, *, device: str | None = None, progress: bool = True) -> None:
         self.recipe = recipe
-        self.progress = progress
-        self.console = Console(highlight=False, quiet=not progress)
         self.device = resolve_device(device or recipe.device, recipe, "device")
+        # Under torchrun: join the group (gloo on CPU, NCCL on cuda:LOCAL_RANK, made the current device).
+        # Every rank runs the whole experiment on identical inputs; only rank 0 prints and writes.
+        self.dist = distributed.init_from_env(self.device)
+        self.progress = progress and self.dist.is_main
+        self.console = Console(highlight=False, quiet=not self.progress)
         self.latency_device = (
             self.device if recipe.eval.latency_device == "auto"
             else resolve_device(recipe.eval.latency_device, recipe, "eval.latency_device")
@@ -241,12 +244,27 @@ class RunContext:
         result = train.train(
             model, data=self.data, config=config, task=self.task, hooks=hooks, device=self.device, stage=stage,
             log_path=run.log_path, checkpoint_path=checkpoint, resume=resume and checkpoint.exists(),
-            progress=self.progress,
+            progress=self.progress, dist=self.dist,
         )
         return result.model
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, Any]:
-        """Return the task's metrics of `model` on `split` ("test", or "val": validation, else test)."""
+        """Return the task's metrics of `model` on `split` ("test", or "val": validation, else test).
+
+        In a data-parallel run rank 0 evaluates and every rank gets its figures (or its error), so
+        decisions taken on them (autorate's accept/reject) are the same on every rank."""
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.dist.is_main:
+            try:
+                outcome = ("ok", self._evaluate_here(model, split))
+            except UserError as err:
+                outcome = ("error", str(err))
+        kind, value = distributed.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(value)
+        return value
+
+    def _evaluate_here(self, model: nn.Module, split: str) -> dict[str, Any]:
         loader = self.data.test if split == "test" or self.data.val is None else self.data.val
         result = self.task.evaluate(model, loader, device=self.device, amp=self.recipe.finetune.amp,
                                     max_batches=self.recipe.eval.max_batches)
@@ -264,7 +282,7 @@ class RunContext:
             calls[0] += 1
             cfg = replace(config, epochs=1, seed=config.seed + calls[0], eval_every=0, eval_max_batches=1)
             return train.train(model, data=self.data, config=cfg, task=self.task, device=self.device,
-                               stage=f"{self.method.name}-{calls[0]}", progress=self.progress).model
+                               stage=f"{self.method.name}-{calls[0]}", progress=self.progress, dist=self.dist).model
 
         def evaluate(model: nn.Module) -> dict[str, Any]:
             return self.evaluate(model, "val")

@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import nn
 
-from prunekit import io, masks
+from prunekit import distributed, io, masks
 from prunekit import report as report_mod
 from prunekit.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, clean_temp_files
 from prunekit.errors import UserError
@@ -75,8 +75,9 @@ def first_difference(a: Any, b: Any, path: str = "") -> str | None:
 class RunDir:
     """One run directory: its paths, its metrics (the content of metrics.json) and every write."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer  # False on the ranks > 0 of a data-parallel run: they read, rank 0 writes
         self.state = self.path / STATE_DIR
         self.metrics: dict[str, Any] = {}
 
@@ -88,8 +89,9 @@ class RunDir:
         out = self.path
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
-        clean_temp_files(out)
-        clean_temp_files(self.state)
+        if self.writer:
+            clean_temp_files(out)
+            clean_temp_files(self.state)
         metrics_path = out / report_mod.METRICS_FILE
         if not metrics_path.exists():
             if out.exists() and any(p.name not in (*RUN_FILES, STATE_DIR) and p.suffix != ".png" for p in out.iterdir()):
@@ -115,24 +117,32 @@ class RunDir:
 
     def start_over(self) -> None:
         """Remove what an unfinished earlier run left (run files, plots, state/)."""
+        if not self.writer:
+            return
         for path in [*(self.path / name for name in RUN_FILES), *self.path.glob("*.png")]:
             path.unlink(missing_ok=True)
         shutil.rmtree(self.state, ignore_errors=True)
 
     def open(self, metrics: dict[str, Any], *, recipe_yaml: str) -> None:
         """Start writing: metrics.json ("running") first, then the resolved recipe."""
-        self.path.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics
+        if not self.writer:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
         self.write_metrics()
         atomic_write_text(self.path / "recipe.yaml", recipe_yaml)
 
     # metrics.json and log.jsonl -----------------------------------------------------------------
     def write_metrics(self) -> None:
         """Rewrite metrics.json from `self.metrics` (atomically)."""
+        if not self.writer:
+            return
         atomic_write_json(self.path / report_mod.METRICS_FILE, plain(self.metrics))
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one JSON line to log.jsonl (a torn last line, from a kill, is skipped by readers)."""
+        if not self.writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / report_mod.LOG_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"time": now(), **row}, default=report_mod.jsonable) + "\n")
@@ -169,14 +179,17 @@ class RunDir:
                    methods: list[Any] = ()) -> None:
         """Write the state of a finished `stage`: the model (masks kept apart so a resumed fine-tune
         still holds pruned weights at zero), the data stream position and RNG, and for each of
-        `methods` its state_dict and info."""
-        atomic_torch_save(masks.get_masks(model), self.state / f"{stage}_masks.pt")
-        io.save(model, self.state / f"{stage}.pt")
-        if stream is not None:
-            atomic_torch_save(stream, self.state / f"{stage}_stream.pt")
-        if methods:
-            atomic_torch_save([m.state_dict() for m in methods], self.state / f"{stage}_method_state.pt")
-            atomic_write_json(self.state / f"{stage}_info.json", plain([m.info for m in methods]))
+        `methods` its state_dict and info. In a data-parallel run rank 0 writes and every rank waits
+        until it has (the others read these files on resume and in the final stage)."""
+        if self.writer:
+            atomic_torch_save(masks.get_masks(model), self.state / f"{stage}_masks.pt")
+            io.save(model, self.state / f"{stage}.pt")
+            if stream is not None:
+                atomic_torch_save(stream, self.state / f"{stage}_stream.pt")
+            if methods:
+                atomic_torch_save([m.state_dict() for m in methods], self.state / f"{stage}_method_state.pt")
+                atomic_write_json(self.state / f"{stage}_info.json", plain([m.info for m in methods]))
+        distributed.barrier()
 
     def load_model(self, stage: str, device: str | torch.device) -> nn.Module:
         """Return the model a completed `stage` saved, masks re-applied, on `device`."""
@@ -226,15 +239,19 @@ class RunDir:
     # the end -------------------------------------------------------------------------------------
     def finish(self, model: nn.Module, *, plots: bool) -> None:
         """Write the plots and model.pt, then metrics.json with status "complete", then report.md."""
-        names = report_mod.write_plots(self.path, self.metrics) if plots else []
-        io.save(model, self.path / "model.pt")
+        names = report_mod.write_plots(self.path, self.metrics) if plots and self.writer else []
+        if self.writer:
+            io.save(model, self.path / "model.pt")
         self.metrics.update(status="complete", stage=None, finished_at=now())
         self.metrics["completed_stages"].append("final")
         self.write_metrics()
-        report_mod.write_markdown(self.path, self.metrics, plots=names)
+        if self.writer:
+            report_mod.write_markdown(self.path, self.metrics, plots=names)
 
     def refresh_report(self, metrics: dict[str, Any]) -> None:
         """Re-render report.md of a complete run when it is missing or older than metrics.json."""
+        if not self.writer:
+            return
         report = self.path / report_mod.REPORT_FILE
         metrics_file = self.path / report_mod.METRICS_FILE
         if not report.exists() or report.stat().st_mtime < metrics_file.stat().st_mtime:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import masks, metrics
+from prunekit import distributed, masks, metrics
 from prunekit.experiment import results
 from prunekit.experiment.context import seed_everything
 from prunekit.report import human
@@ -101,6 +101,10 @@ class MethodStep(Stage):
             model = ctx.train(model, settings=r.method.train, hooks=(method,), stage=self.name, run=x.rundir, resume=x.resume)
         model = method.finalize(model, example_inputs=ctx.example_inputs, data=ctx.batches())
         model = model.to(ctx.device)
+        # Data-parallel: every rank pruned the same weights with the same scoring batches (they are not
+        # sharded); rank 0's weights and masks now overwrite any rounding difference, and a rank whose
+        # surgery chose other channels raises here instead of training a different network.
+        distributed.broadcast_module_state(model)
         x.rundir.save_stage(self.name, model, stream=ctx.stream_state(), methods=[method])
         seconds = time.perf_counter() - start
         x.rundir.add_wall(self.name, seconds)
@@ -173,6 +177,9 @@ class Final(Stage):
         start = time.perf_counter()
         model = masks.make_permanent(model).eval()
         result = ctx.evaluate(model)
+        if not ctx.dist.is_main:  # rank 0 measures, times and writes the report; the others are done
+            x.rundir.finish(model, plots=False)
+            return model
         after = metrics.measure(model, ctx.example_inputs)
         baseline_model = x.rundir.load_model("baseline", ctx.device).eval()
         before = metrics.measure(baseline_model, ctx.example_inputs)
