@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit import structure
+from prunekit import planner, structure
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 
@@ -128,12 +128,9 @@ def scale_thresholds(th: dict[str, float], *, sensitivities: dict[str, float], u
 
 def removed_count(size: int, rate: float, *, round_to: int | None = None) -> int:
     """Return how many of `size` output channels a `rate` removes: round(rate size), then the kept count
-    rounded down to a multiple of `round_to` (as Torch-Pruning rounds)."""
-    removed = int(round(float(rate) * size))
-    if round_to and removed > 0:
-        kept = size - removed
-        removed = size - (kept - kept % round_to)
-    return removed
+    rounded down to a multiple of `round_to` (as Torch-Pruning rounds; the planner's "down" direction,
+    which may empty a layer: `choose_rate` never picks such a rate)."""
+    return planner.round_removed(size, planner.rate_count(size, rate), round_to, direction="down")
 
 
 def pruning_error(weight: torch.Tensor, *, removed: int) -> float:
@@ -438,9 +435,8 @@ def search(
                 info["stopped"] = "upper bound below 0"
                 break
             continue
-        ratios = {name: _exact_fraction(r, next(g.size for g in groups if g.root_name == name)) for name, r in removed.items() if r > 0}
         trial = copy.deepcopy(current)
-        structure.remove_channels(trial, example_inputs, importance=FilterL1Importance(), ratios=ratios, ignore=ignore, round_to=None)
+        structure.remove_counts(trial, example_inputs, counts=removed, importance=FilterL1Importance(), ignore=ignore)
         m = measure(trial, example_inputs)
         accs: list[float] = []
         accepted = False
@@ -486,12 +482,6 @@ def search(
     info["epochs"] = epochs_used
     info["kept_fraction"] = {name: kept.get(name, size) / size for name, size in original.items()}
     return current, info
-
-
-def _exact_fraction(removed: int, size: int) -> float:
-    from prunekit.allocation import exact_fraction
-
-    return exact_fraction(removed, size)
 
 
 # --------------------------------------------------------------------------------------------
