@@ -375,7 +375,8 @@ class _Experiment:
         before = metrics.measure(baseline_model, self.example_inputs)
         e = self.recipe.eval
         lat_before, lat_after = _interleaved_latency(bench, baseline_model, model, self.example_inputs, e, self.latency_device)
-        lat_info = {"latency_device": self.latency_device, "latency_batch_size": e.latency_batch_size, "latency_repeats": e.latency_repeats}
+        lat_info = {"latency_device": self.latency_device, "latency_runtime": e.latency_runtime,
+                    "latency_batch_size": e.latency_batch_size, "latency_repeats": e.latency_repeats}
         if self.latency_device == "cpu":
             lat_info["latency_threads"] = torch.get_num_threads()
         base = self.metrics["baseline"]
@@ -465,7 +466,8 @@ def _interleaved_latency(bench: Any, first: nn.Module, second: nn.Module, exampl
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for model, out in ((first, times[0]), (second, times[1])):
-            out.append(bench.latency(model, example_inputs, device=device, batch_size=e.latency_batch_size, repeats=per_round))
+            out.append(bench.latency(model, example_inputs, device=device, batch_size=e.latency_batch_size, repeats=per_round,
+                                     runtime=getattr(e, "latency_runtime", "eager")))
     return statistics.median(times[0]), statistics.median(times[1])
 
 
