@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunekit.errors import UserError
+from prunekit.importance import MagnitudeImportance, RandomImportance  # noqa: F401  (scorers, re-exported)
 from prunekit.targets import Target
 
 if TYPE_CHECKING:
@@ -192,35 +193,6 @@ def channel_groups(
             continue
         groups.append(ChannelGroup(root=root, root_name=names.get(root, "?"), size=size, layers=out_layers, group=group))
     return groups
-
-
-# --------------------------------------------------------------------------------------------
-# importance (one score per channel; higher = more important)
-
-
-class MagnitudeImportance:
-    """Norm of each channel's weights summed over the coupled group (Li et al. 2017 for p=1).
-
-    Wraps Torch-Pruning's `GroupMagnitudeImportance`; `normalizer` ("mean" or None) makes scores
-    comparable across groups for global ranking.
-    """
-
-    def __init__(self, *, p: int = 1, normalizer: str | None = "mean") -> None:
-        self._imp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=normalizer)
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        return self._imp(group)
-
-
-class RandomImportance:
-    """Uniform random scores from a seeded generator (the structured random baseline)."""
-
-    def __init__(self, *, seed: int = 0) -> None:
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        n = len(group[0].idxs)
-        return torch.rand(n, generator=self._gen)
 
 
 # --------------------------------------------------------------------------------------------
