@@ -49,8 +49,8 @@ def register_custom_pruner(module_type: type[nn.Module], pruner: "tp.pruner.func
 
 
 def _recorder(model: nn.Module) -> tuple[dict[nn.Module, tuple[int, ...]], list[nn.Module], list[Any]]:
-    # Forward hooks that record every conv/linear layer's input shape (the last call wins: Torch-
-    # Pruning's trace first runs one unbatched probe) and the order the layers ran in.
+    # Forward hooks that record every conv/linear layer's input shape (the last call wins) and the
+    # order the layers ran in.
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     order: list[nn.Module] = []
 
@@ -74,8 +74,11 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # A tensor goes in as a 1-tuple: Torch-Pruning first tries model(*example_inputs), which
+            # for a bare tensor runs a whole unbatched forward (until a flatten fails) before the real one.
+            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
+                model, example_inputs=inputs, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
             )
     finally:
         model.train(was_training)
