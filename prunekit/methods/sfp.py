@@ -28,7 +28,6 @@ the zeroed channels; `finalize` always zeroes whole groups before removing them.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
