@@ -1,13 +1,17 @@
-"""Measured speedup per MAC removed: Torch-Pruning defaults vs prunekit's default vs a latency target.
+"""Measured speedup per MAC removed: Torch-Pruning defaults vs prunekit's default vs a latency target,
+on eager PyTorch and ONNX Runtime, side by side in one run.
 
-For each model and MACs target, side by side in one run:
+For each model and MACs target, every variant is timed on every runtime (`--runtimes`):
 
 - `tp-default`   Torch-Pruning's MetaPruner with its defaults (GroupMagnitudeImportance, uniform
                  ratio, no round_to), the ratio bisected until the MACs target is hit;
 - `prunekit`     `prunekit.prune(method="l1_filter", target="macs=T")` with its defaults
                  (round_to="auto": the channel multiple measured on the device);
-- `latency`      `prunekit.prune(method="l1_filter", target="latency=T")`: the same fraction of
-                 *measured time* removed on the device (the speedup the MACs target promises).
+- `unrounded`    the same without rounding (round_to=1);
+- `prunekit-onnxruntime`  round_to="auto" measured on ONNX Runtime (the runtime the user names);
+- `latency-R`    `prunekit.prune(method="l1_filter", target="latency=T", runtime=R)`: the same
+                 fraction of *measured time* removed on runtime R (the speedup the MACs target
+                 promises), within the default MACs bound (max_macs_removed 0.75).
 
 speedup = dense ms / pruned ms; efficiency = speedup / (dense MACs / pruned MACs) (1.0 = the time
 fell exactly as the MACs did); both from the medians and from the fastest runs (on a shared
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit import allocation, models, structure
+from prunekit import allocation, models, runtimes, structure
 from prunekit.metrics import measure
 
 MODELS = {
@@ -82,44 +87,34 @@ def tp_default(model: nn.Module, x: torch.Tensor, macs_target: float, *, iters: 
 
 
 def prunekit_variant(model: nn.Module, x: torch.Tensor, target: str, *, device: torch.device, timer: Any = None,
-                     round_to: int | str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune a copy of `model` on `device` with prunekit's l1_filter to `target`; return (model on CPU, info).
+                     round_to: int | str | None = None, runtime: str = "eager") -> tuple[nn.Module, dict[str, Any], float]:
+    """Prune a copy of `model` on `device` with prunekit's l1_filter to `target`; return (model on CPU, info, seconds).
 
-    `timer` (for latency targets) sets the batch and threads the time is measured with.
+    `runtime` is where round_to="auto" and latency targets measure; `timer` (for latency targets)
+    sets the batch and threads the time is measured with.
     """
     net = copy.deepcopy(model).to(device).eval()
+    started = time.perf_counter()
     with (allocation.use_timer(timer) if timer is not None else contextlib.nullcontext()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = prunekit.prune(net, method="l1_filter", target=target, example_inputs=x.to(device), round_to=round_to)
-    return result.model.cpu().eval(), result.info
+        result = prunekit.prune(net, method="l1_filter", target=target, example_inputs=x.to(device), round_to=round_to,
+                                runtime=runtime)
+    return result.model.cpu().eval(), result.info, time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------------------------
 # timing
 
 
-def forward_fn(model: nn.Module, x: torch.Tensor, *, device: torch.device, batch: int, compile: bool) -> Callable[[], None]:
-    """Return a no-argument forward of a copy of `model` on a random `batch` (bf16 + channels_last on CUDA)."""
-    net = copy.deepcopy(model).eval().to(device)
-    inp = torch.randn(batch, *x.shape[1:], device=device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        net = net.to(memory_format=torch.channels_last)
-        inp = inp.contiguous(memory_format=torch.channels_last)
-    if compile:
-        net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
-    def forward() -> None:
-        with torch.inference_mode(), autocast:
-            net(inp)
-
-    for _ in range(3 if not compile else 5):  # warm-up (and compilation)
-        forward()
-    if cuda:
+def forward_fn(model: nn.Module, x: torch.Tensor, *, device: torch.device, batch: int, runtime: str, threads: int) -> Callable[[], None]:
+    """Return a warmed-up no-argument forward of a copy of `model` on a random `batch` on `runtime`
+    (prunekit.runtimes: eager, onnxruntime, compile; bf16 + channels_last on CUDA)."""
+    fn = runtimes.forward_fn(model, torch.randn(batch, *x.shape[1:]), runtime=runtime, device=device, threads=threads)
+    for _ in range(3 if runtime != "compile" else 5):  # warm-up (and compilation)
+        fn()
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return forward
+    return fn
 
 
 def sample_ms(fn: Callable[[], None], *, device: torch.device, n: int) -> list[float]:
@@ -170,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         devices.append(torch.device("cuda"))
     results: dict[str, Any] = {
         "machine": {"cpu_threads": args.threads, "cuda": torch.cuda.get_device_name(0) if len(devices) > 1 else None,
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "load_average_start": os.getloadavg()},
         "rows": [],
     }
     for name in args.models:
@@ -185,21 +180,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for dev in devices:
                 batch = 1 if dev.type == "cpu" else gpu_batch
                 cpu = dev.type == "cpu"
-                timer = allocation.DeviceTimer(device=dev, batch_size=batch, repeats=args.layer_repeats,
-                                               num_threads=args.threads if cpu else None, layer_threads=1 if cpu else None)
-                say(f"{name} macs={t} on {dev.type}: prunekit l1_filter macs={t} (round_to auto)")
-                pk_net, pk_info = prunekit_variant(dense, x, f"macs={t}", device=dev)
-                say(f"{name} macs={t} on {dev.type}: prunekit l1_filter latency={t}")
-                started = time.perf_counter()
-                # the latency search rounds to the multiple the default resolved (one probe per device)
-                lat_net, lat_info = prunekit_variant(dense, x, f"latency={t}", device=dev, timer=timer,
-                                                     round_to=(pk_info["round_to"]["value"] or 1))
-                lat_seconds = time.perf_counter() - started
-                variants = {"dense": dense, "tp-default": tp_net, "prunekit": pk_net, "latency": lat_net}
-                modes = [False] + ([True] if dev.type == "cuda" and not args.no_compile else [])
-                for compiled in modes:
-                    say(f"{name} macs={t} on {dev.type}{' compiled' if compiled else ''}: timing")
-                    fns = {k: forward_fn(v, x, device=dev, batch=batch, compile=compiled) for k, v in variants.items()}
+                dev_runtimes = [r for r in args.runtimes if cpu or r != "onnxruntime"] + ([] if cpu or args.no_compile else ["compile"])
+                infos: dict[str, dict[str, Any]] = {}
+                seconds: dict[str, float] = {}
+                say(f"{name} macs={t} on {dev.type}: prunekit l1_filter macs={t} (round_to auto on eager), and unrounded")
+                pk_net, infos["prunekit"], seconds["prunekit"] = prunekit_variant(dense, x, f"macs={t}", device=dev)
+                un_net, infos["unrounded"], seconds["unrounded"] = prunekit_variant(dense, x, f"macs={t}", device=dev, round_to=1)
+                variants = {"dense": dense, "tp-default": tp_net, "prunekit": pk_net, "unrounded": un_net}
+                for rt in dev_runtimes:
+                    if rt != "eager" and rt != "compile":
+                        say(f"{name} macs={t} on {dev.type}: prunekit macs={t}, round_to auto measured on {rt}")
+                        net, info, sec = prunekit_variant(dense, x, f"macs={t}", device=dev, runtime=rt)
+                        if info["round_to"]["value"] == infos["prunekit"]["round_to"]["value"]:
+                            net = pk_net  # the same multiple: the same network
+                        variants[f"prunekit-{rt}"], infos[f"prunekit-{rt}"], seconds[f"prunekit-{rt}"] = net, info, sec
+                    timer = allocation.DeviceTimer(device=dev, runtime=rt, batch_size=batch, repeats=args.layer_repeats,
+                                                   num_threads=args.threads if cpu else None, layer_threads=1 if cpu else None)
+                    say(f"{name} macs={t} on {dev.type}: prunekit l1_filter latency={t} measured on {rt}")
+                    rt_round = infos.get(f"prunekit-{rt}", infos["prunekit"])["round_to"]["value"] or 1
+                    net, info, sec = prunekit_variant(dense, x, f"latency={t}", device=dev, timer=timer, round_to=rt_round, runtime=rt)
+                    variants[f"latency-{rt}"], infos[f"latency-{rt}"], seconds[f"latency-{rt}"] = net, info, sec
+                for rt in dev_runtimes:
+                    say(f"{name} macs={t} on {dev.type}, {rt}: timing {len(variants)} variants")
+                    fns = {k: forward_fn(v, x, device=dev, batch=batch, runtime=rt, threads=args.threads) for k, v in variants.items()}
                     times = time_variants(fns, device=dev, rounds=args.rounds, per_round=args.per_round)
                     base_ms, base_min = times["dense"]["median_ms"], times["dense"]["min_ms"]
                     for k, v in variants.items():
@@ -209,19 +212,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         mac_ratio = dense_m.macs / m.macs
                         row = {
                             "model": name, "target": f"macs={t}", "variant": k, "device": dev.type, "batch": batch,
-                            "mode": "compiled" if compiled else "eager", "macs": m.macs, "params": m.params,
+                            "runtime": rt, "macs": m.macs, "params": m.params,
                             "macs_removed": 1 - m.macs / dense_m.macs, "speedup": speedup, "efficiency": speedup / mac_ratio,
                             "speedup_min": speedup_min, "efficiency_min": speedup_min / mac_ratio,
-                            "multiples_of_8": multiples_of(v, 8), **times[k],
+                            "multiples_of_8": multiples_of(v, 8), "prune_seconds": seconds.get(k), **times[k],
                         }
-                        if k == "prunekit":
-                            row["round_to"] = pk_info.get("round_to")
-                        if k == "latency":
-                            row["round_to"] = lat_info.get("round_to")
-                            row["latency_search"] = {key: lat_info["latency"][key] for key in ("achieved", "before_ms", "after_ms", "layer_timings", "noise")}
-                            row["latency_search"]["seconds"] = lat_seconds
+                        info = infos.get(k, {})
+                        row["round_to"] = info.get("round_to")
+                        if "latency" in info:
+                            row["latency_search"] = {key: info["latency"].get(key) for key in
+                                                     ("achieved", "before_ms", "after_ms", "layer_timings", "noise", "runtime",
+                                                      "macs_removed", "reached", "warning")}
                         results["rows"].append(row)
                     print_block(results["rows"][-len(variants):])
+    results["machine"]["load_average_end"] = os.getloadavg()
     return results
 
 
@@ -234,7 +238,7 @@ def print_block(rows: list[dict[str, Any]]) -> None:
         print(table_row(r), flush=True)
 
 
-HEADER = ("| model | target | device | batch | mode | variant | MACs removed | ms median (spread) | ms min | "
+HEADER = ("| model | target | device | batch | runtime | variant | MACs removed | ms median (spread) | ms min | "
           "speedup (median) | efficiency (median) | speedup (min) | efficiency (min) | round_to |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -242,7 +246,7 @@ HEADER = ("| model | target | device | batch | mode | variant | MACs removed | m
 def table_row(r: dict[str, Any]) -> str:
     rt = r.get("round_to") or {}
     rt_text = "-" if r["variant"] in ("dense", "tp-default") else (str(rt.get("value")) if rt else "?")
-    return (f"| {r['model']} | {r['target']} | {r['device']} | {r['batch']} | {r['mode']} | {r['variant']} | "
+    return (f"| {r['model']} | {r['target']} | {r['device']} | {r['batch']} | {r['runtime']} | {r['variant']} | "
             f"{100 * r['macs_removed']:.1f}% | {r['median_ms']:.2f} ({100 * r['spread']:.0f}%) | {r['min_ms']:.2f} | "
             f"{r['speedup']:.2f}x | {r['efficiency']:.2f} | {r['speedup_min']:.2f}x | {r['efficiency_min']:.2f} | {rt_text} |")
 
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75], help="fractions of MACs removed")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steady on a shared machine)")
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds and bisection steps (CPU smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 7, quick 3)")
     parser.add_argument("--per-round", type=int, default=None, help="forward passes per variant per round (default 10, quick 5)")
@@ -259,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer-repeats", type=int, default=5, help="samples per layer timing in the latency search")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when available")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows on CUDA")
+    parser.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "onnxruntime", "compile"],
+                        help="CPU runtimes every variant is timed on, side by side (default eager onnxruntime)")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 7)

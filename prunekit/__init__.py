@@ -18,4 +18,25 @@ from prunekit.errors import UserError
 from prunekit.metrics import Measurement, measure, netscore
 from prunekit.targets import Target
 
+#: submodules reachable as attributes of `prunekit` (imported on first use: torch.utils.benchmark,
+#: pydantic, the training loop and the data readers cost time that `import prunekit` should not)
+SUBMODULES = (
+    "allocation", "api", "bench", "channel_multiple", "data", "errors", "experiment", "io", "latency_search", "lowrank",
+    "masks", "methods", "metrics", "models", "planner", "recipe", "registry", "report", "runtimes", "structure", "study",
+    "targets", "tasks", "train",
+)
+
+
+def __getattr__(name: str):  # PEP 562: `prunekit.bench.latency` works after a bare `import prunekit`
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"prunekit.{name}")
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SUBMODULES))
+
+
 __all__ = ["__version__", "models", "tasks", "save", "load", "export_onnx", "prune", "PruneResult", "measure", "Measurement", "netscore", "Target", "UserError"]

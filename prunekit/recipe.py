@@ -173,6 +173,7 @@ class EvalSection(_Section):
 
     latency_device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="auto = the run's device")
     latency_batch_size: int = Field(1, ge=1)
+    latency_runtime: Literal["eager", "onnxruntime", "compile"] = Field("eager", description="where latency is measured (onnxruntime: the onnx extra, CPU)")
     latency_repeats: int = Field(50, ge=1, description="timed repeats; the median is reported")
     max_batches: int | None = Field(None, ge=1, description="evaluate on the first N test batches only")
 

@@ -215,8 +215,9 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
             continue
         if key == "latency_ms":
             threads = final.get("latency_threads") or base.get("latency_threads")
+            runtime = final.get("latency_runtime") or base.get("latency_runtime") or "eager"
             where = f"{lat_dev}, {threads} thread{'s' if threads != 1 else ''}" if threads else lat_dev
-            label = f"latency (ms, {where}, batch {lat_bs}, measured median)"
+            label = f"latency (ms, {where}, batch {lat_bs}, measured median) on {runtime}"
         task_keys = {k for k, _, f in _rows(metrics, primary) if f != "h"} - {"latency_ms"}
         ratio = "-" if key in task_keys else _ratio(base.get(key), final.get(key))
         if key in ("top1", "top5") and is_top1(primary) and base.get(key) is not None and final.get(key) is not None:

@@ -11,12 +11,11 @@ Scoring lives apart from removal, as in Torch-Pruning: an importance is any call
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch_pruning as tp
@@ -24,11 +23,15 @@ from torch import nn
 
 from prunekit import inputs
 from prunekit.errors import UserError
+from prunekit.importance import MagnitudeImportance, RandomImportance  # noqa: F401  (scorers, re-exported)
 from prunekit.protection import (  # noqa: F401  (part of structure's API)
     Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
 )
 from prunekit.replays import register_replay
 from prunekit.targets import Target
+
+if TYPE_CHECKING:
+    from prunekit.planner import ChannelPlanner
 
 #: module type -> Torch-Pruning pruning function, for prunekit's own layers (e.g. option-A shortcuts).
 CUSTOM_PRUNERS: dict[type[nn.Module], "tp.pruner.function.BasePruningFunc"] = {}
@@ -50,20 +53,74 @@ def register_custom_pruner(module_type: type[nn.Module], pruner: "tp.pruner.func
 # graph and groups
 
 
+def _recorder(model: nn.Module) -> tuple[dict[nn.Module, tuple[int, ...]], list[nn.Module], list[Any]]:
+    # Forward hooks that record every conv/linear layer's input shape (the last call wins) and the
+    # order the layers ran in.
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+    order: list[nn.Module] = []
+
+    def record(module: nn.Module, args: Any, _output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            shapes[module] = tuple(args[0].shape)
+        order.append(module)
+
+    return shapes, order, [m.register_forward_hook(record) for m in model.modules() if isinstance(m, ROOT_TYPES)]
+
+
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Return Torch-Pruning's DependencyGraph of `model`, traced with `example_inputs` (a tensor or a
-    tuple of the model's positional inputs)."""
+    tuple of the model's positional inputs).
+
+    The trace also records, on the graph, every conv/linear layer's input shape and the order in
+    which they ran (`input_shapes` reads them instead of running the model again).
+    """
+    shapes, order, hooks = _recorder(model)
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(
+            # forward_fn: one traced forward, model(x) or model(*x) for a tuple (Torch-Pruning's own
+            # fallback would first try model(*x), an unbatched forward for a bare tensor).
+            graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=inputs.call, customized_pruners=dict(CUSTOM_PRUNERS),
                 verbose=False,
             )
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
+    graph.prunekit_shapes, graph.prunekit_order = shapes, order
+    return graph
+
+
+def _forward_record(model: nn.Module, example_inputs: Any) -> tuple[dict[nn.Module, tuple[int, ...]], list[nn.Module]]:
+    shapes, order, hooks = _recorder(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs.call(model, example_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes, order
+
+
+def input_shapes(model: nn.Module, example_inputs: Any, *, graph: tp.DependencyGraph | None = None) -> dict[nn.Module, tuple[int, ...]]:
+    """Return {conv/linear layer: the shape of its first input} (from `graph`'s trace when given)."""
+    if graph is not None and getattr(graph, "prunekit_shapes", None) is not None:
+        return graph.prunekit_shapes
+    return _forward_record(model, example_inputs)[0]
+
+
+def ignored_layers(model: nn.Module, example_inputs: Any, *, ignore: Sequence[str | nn.Module] = (),
+                   graph: tp.DependencyGraph | None = None, protected: Protected = None) -> list[nn.Module]:
+    """Return every layer whose output channels must not change: the user's `ignore`, the `protected`
+    layers (default: every output layer, see `protected_layers`) and the builder-fixed layers. The one
+    place that decides it (every planner and removal path uses it)."""
+    return resolve_ignore(model, ignore) + protected_layers(model, example_inputs, protected) + fixed_layers(model)
 
 
 def fixed_layers(model: nn.Module) -> list[nn.Module]:
@@ -124,7 +181,7 @@ def channel_groups(
     """Return the prunable channel groups of `model`; `protected` layers (default: every output
     layer, see `protected_layers`) and `ignore`d layers are left out."""
     graph = graph or build_graph(model, example_inputs)
-    ignored = resolve_ignore(model, ignore) + protected_layers(model, example_inputs, protected) + fixed_layers(model)
+    ignored = ignored_layers(model, example_inputs, ignore=ignore, graph=graph, protected=protected)
     names = module_names(model)
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
@@ -139,35 +196,6 @@ def channel_groups(
             continue
         groups.append(ChannelGroup(root=root, root_name=names.get(root, "?"), size=size, layers=out_layers, group=group))
     return groups
-
-
-# --------------------------------------------------------------------------------------------
-# importance (one score per channel; higher = more important)
-
-
-class MagnitudeImportance:
-    """Norm of each channel's weights summed over the coupled group (Li et al. 2017 for p=1).
-
-    Wraps Torch-Pruning's `GroupMagnitudeImportance`; `normalizer` ("mean" or None) makes scores
-    comparable across groups for global ranking.
-    """
-
-    def __init__(self, *, p: int = 1, normalizer: str | None = "mean") -> None:
-        self._imp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=normalizer)
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        return self._imp(group)
-
-
-class RandomImportance:
-    """Uniform random scores from a seeded generator (the structured random baseline)."""
-
-    def __init__(self, *, seed: int = 0) -> None:
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        n = len(group[0].idxs)
-        return torch.rand(n, generator=self._gen)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +215,108 @@ def _record(model: nn.Module, graph: tp.DependencyGraph, example_inputs: Any) ->
     model.prunekit_ops = ops
 
 
+def group_scores(planner: "ChannelPlanner", importance: Importance) -> list[torch.Tensor | None]:
+    """Return one score tensor per group of `planner` (None where `importance` does not score the group)."""
+    out: list[torch.Tensor | None] = []
+    for g in planner.groups:
+        s = importance(g.group)
+        if s is None:
+            out.append(None)
+            continue
+        s = torch.as_tensor(s).detach().flatten().double().cpu()
+        out.append(s if s.numel() == g.size else None)
+    return out
+
+
+def _lowest(scores: torch.Tensor, n: int, ch_groups: int) -> list[int]:
+    # The n lowest-scored channels; with channel grouping (grouped convs, GroupNorm) the same
+    # positions in every group, ranked by the mean score over groups (as Torch-Pruning does).
+    if ch_groups > 1 and scores.numel() % ch_groups == 0:
+        size = scores.numel() // ch_groups
+        dim = scores.view(ch_groups, size).mean(0)
+        base = torch.argsort(dim, stable=True)[: n // ch_groups]
+        return sorted(int(i) + j * size for j in range(ch_groups) for i in base.tolist())
+    return sorted(torch.argsort(scores, stable=True)[:n].tolist())
+
+
+def remove_planned(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    planner: "ChannelPlanner",
+    plan: Sequence[int],
+    scores: Sequence[torch.Tensor | None] | None = None,
+    importance: Importance | None = None,
+    check: bool = True,
+) -> nn.Module:
+    """Remove `plan[i]` channels (the lowest `scores[i]`, or `importance`'s) from each group of `planner`, in place.
+
+    The one removal path: every target search, method and the latency search plan first and end
+    here, on the planner's dependency graph (no second trace). Groups without scores are left
+    whole. The planner's protected layers keep their output size and, with `check`, a change of the
+    model's output shapes raises a `UserError` naming the module. The change is appended to
+    `model.prunekit_ops` for save/load.
+    """
+    if planner.model is not model:
+        raise ValueError("remove_planned: the planner was built on another model")
+    if scores is None:
+        if importance is None:
+            raise ValueError("remove_planned needs scores or an importance")
+        scores = [s if n > 0 else None for s, n in zip(group_scores(planner, importance), plan)]
+    graph = planner.graph
+    if check and any(n > 0 for n in plan):
+        sizes = out_sizes(model, planner.protected)
+        before = output_shapes(model, example_inputs)
+    else:
+        check = False
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for g, n, s, ch in zip(planner.groups, plan, scores, planner.ch_groups):
+            if n <= 0 or s is None:
+                continue
+            idxs = _lowest(s, int(n), ch)
+            if not idxs:
+                continue
+            group = graph.get_pruning_group(g.root, g.group[0].dep.handler, idxs)
+            if graph.check_pruning_group(group):
+                group.prune()
+    model.train(was_training)
+    if check:
+        check_outputs(model, example_inputs, before=before, sizes=sizes, what="removing channels")
+    _record(model, graph, example_inputs)
+    return model
+
+
+def remove_counts(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    counts: dict[str, int],
+    importance: Importance,
+    ignore: Sequence[str | nn.Module] = (),
+    protected: Protected = None,
+) -> nn.Module:
+    """Remove exactly `counts[root name]` channels from each named group (lowest `importance` first), in place."""
+    from prunekit.planner import ChannelPlanner
+
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    plan = planner.empty()
+    for name, n in counts.items():
+        if n <= 0:
+            continue
+        if name not in planner.index:
+            raise UserError(f"per-layer count names unknown or unprunable layer {name!r}")
+        plan[planner.index[name]] = int(n)
+    return remove_planned(model, example_inputs, planner=planner, plan=plan, importance=importance)
+
+
+def _check_round_to(round_to: Any) -> None:
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise UserError(f"round_to={round_to!r} must be a positive integer")
+
+
 def remove_channels(
     model: nn.Module,
     example_inputs: Any,
@@ -197,58 +327,42 @@ def remove_channels(
     ignore: Sequence[str | nn.Module] = (),
     round_to: int | None = None,
     allocation: str = "uniform",
-    max_ratio: float = 0.95,
+    max_ratio: float | None = None,
     protected: Protected = None,
 ) -> nn.Module:
     """Physically remove channels from `model` in place and return it.
 
     `ratio` is the fraction of channels removed per group (uniform allocation) or overall (global
     allocation: one ranking of normalised scores across groups); `ratios` maps root-layer names
-    to per-layer fractions (automatic rates). Kept channel counts are multiples of `round_to`.
-    No layer loses all its channels (at most `max_ratio` of a group goes); `protected` layers
-    (default: every layer feeding a model output) keep their output size, and if the model's
-    output shapes changed anyway a `UserError` names the module. The change is appended to
-    `model.prunekit_ops` for save/load.
+    to per-layer fractions (automatic rates). A ratio keeps floor(size * (1 - ratio)) channels
+    (Torch-Pruning's rule); kept counts are rounded down to multiples of `round_to` (never below
+    it). No layer loses all its channels (at most `max_ratio`, default `planner.MAX_REMOVED`);
+    `protected` layers (default: every layer feeding a model output) keep their output size, and if
+    the model's output shapes changed anyway a `UserError` names the module. The change is appended
+    to `model.prunekit_ops` for save/load.
     """
+    from prunekit.planner import MAX_REMOVED, ChannelPlanner, global_counts, rate_count
+
     if allocation not in ("uniform", "global"):
         raise UserError(f"allocation {allocation!r} is not one of uniform, global")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise UserError(f"round_to={round_to!r} must be a positive integer")
-    guarded = protected_layers(model, example_inputs, protected)
-    ignored = resolve_ignore(model, ignore) + guarded + fixed_layers(model)
-    names = module_names(model)
-    sizes = out_sizes(model, [names[m] for m in guarded if m in names])
-    before = output_shapes(model, example_inputs)
-    by_name = dict(model.named_modules())
-    ratio_dict = {}
-    for name, r in (ratios or {}).items():
-        if name not in by_name:
-            raise UserError(f"per-layer rate names unknown layer {name!r}")
-        if r > 0:
-            ratio_dict[by_name[name]] = float(min(r, max_ratio))
-    was_training = model.training
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_inputs,
-            importance=importance,
-            global_pruning=allocation == "global",
-            pruning_ratio=float(ratio) if not ratios else 0.0,
-            pruning_ratio_dict=ratio_dict or None,
-            max_pruning_ratio=max_ratio,
-            ignored_layers=ignored,
-            round_to=round_to,
-            customized_pruners=dict(CUSTOM_PRUNERS),
-            forward_fn=inputs.call,
-        )
-        with torch.no_grad():
-            pruner.step()
-    model.train(was_training)
-    check_outputs(model, example_inputs, before=before, sizes=sizes, what="removing channels")
-    _record(model, pruner.DG, example_inputs)
-    return model
+    _check_round_to(round_to)
+    max_ratio = MAX_REMOVED if max_ratio is None else max_ratio
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    scores = group_scores(planner, importance)
+    if ratios:
+        plan = planner.by_rates({n: r for n, r in ratios.items() if r > 0}, max_ratio=max_ratio)
+    elif allocation == "global":
+        scored = [i for i, s in enumerate(scores) if s is not None]
+        total = sum(planner.sizes[i] for i in scored)
+        count = rate_count(total, ratio, rule="keep_floor")
+        caps = planner.caps(max_ratio)
+        plan = planner.empty()
+        for i, n in zip(scored, global_counts([scores[i] for i in scored], count, [caps[i] for i in scored])):
+            plan[i] = n
+    else:
+        plan = planner.uniform(ratio, max_ratio=max_ratio)
+    plan = planner.rounded(plan, round_to, direction="down", min_kept=round_to or 0, max_ratio=max_ratio)
+    return remove_planned(model, example_inputs, planner=planner, plan=plan, scores=scores)
 
 
 def zero_channels(
@@ -319,76 +433,44 @@ def prune_to_target(
     ignore: Sequence[str | nn.Module] = (),
     round_to: int | None = None,
     allocation: str = "uniform",
-    tolerance: float = 0.02,
-    max_iter: int = 14,
+    tolerance: float = 0.01,
+    max_ratio: float | None = None,
+    info: dict[str, Any] | None = None,
     protected: Protected = None,
 ) -> nn.Module:
     """Remove channels until `target` (channels, params or macs, fraction removed) is met; return the model.
 
-    For params and macs the per-group channel ratio is found by bisection on the real count of
-    a pruned copy (stopping within `tolerance`, absolute).
+    One plan, then one removal: the planner (`prunekit.planner.ChannelPlanner`) counts params and
+    MACs of candidate plans analytically, the per-group ratio (uniform) or the global count
+    (global: one ranking of normalised scores) is bisected on that count, and with `round_to`
+    every group's kept count is rounded up or down, chosen per group, so the total lands on the
+    target (within `tolerance`, absolute, where the channel granularity allows; a warning says
+    otherwise). `info`, when given, receives the planned and the counted fraction.
     """
-    from prunekit.metrics import measure
+    from prunekit.planner import MAX_REMOVED, ChannelPlanner
 
     target = Target.parse(target)
-    protected = protected_names(model, example_inputs, protected)  # names: the trials are copies
-    kwargs = dict(ignore=ignore, round_to=round_to, allocation=allocation, protected=protected)
-    if target.unit == "channels":
-        return remove_channels(model, example_inputs, importance=importance, ratio=target.value, **kwargs)
-    if target.unit not in ("params", "macs"):
+    if allocation not in ("uniform", "global"):
+        raise UserError(f"allocation {allocation!r} is not one of uniform, global")
+    if target.unit not in ("channels", "params", "macs"):
         raise UserError(f"structured pruning takes a target in channels, params or macs, not {target.unit!r}")
-
-    base = getattr(measure(model, example_inputs), target.unit)
-
-    def removed_at(r: float, ratios: dict[str, float] | None) -> tuple[float, nn.Module]:
-        trial = copy.deepcopy(model)
-        remove_channels(trial, example_inputs, importance=importance, ratio=r, ratios=ratios, **kwargs)
-        return 1.0 - getattr(measure(trial, example_inputs), target.unit) / base, trial
-
-    lo, hi = 0.0, 0.95
-    best: tuple[float, nn.Module] | None = None  # (error, pruned copy)
-    for _ in range(max_iter):
-        mid = (lo + hi) / 2
-        got, trial = removed_at(mid, None)
-        err = abs(got - target.value)
-        if best is None or err < best[0]:
-            best = (err, trial)
-        if err <= tolerance / 4:
-            break
-        if got < target.value:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 0.004:  # finer ratios no longer change whole channels
-            break
-    assert best is not None
-    if best[0] > tolerance and allocation == "uniform":
-        # Channel granularity (round_to, small layers) makes every group jump at once. Between
-        # the uniform ratios just under (lo) and over (hi) the target, move groups one at a time
-        # from lo to hi: k groups at hi is monotone in k, so bisect on k.
-        roots = [g.root_name for g in channel_groups(model, example_inputs, ignore=ignore, protected=protected)]
-        k_lo, k_hi = 0, len(roots)
-        while k_hi - k_lo > 1:
-            k = (k_lo + k_hi) // 2
-            got, trial = removed_at(lo, {root: (hi if i < k else lo) for i, root in enumerate(roots)})
-            err = abs(got - target.value)
-            if err < best[0]:
-                best = (err, trial)
-            if err <= tolerance / 4:
-                break
-            if got < target.value:
-                k_lo = k
-            else:
-                k_hi = k
-    if best[0] > tolerance:
+    _check_round_to(round_to)
+    max_ratio = MAX_REMOVED if max_ratio is None else max_ratio
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    scores = group_scores(planner, importance)
+    unit, value = target.unit, target.value
+    plan = planner.plan(scores, unit=unit, value=value, allocation=allocation, round_to=round_to, direction="best",
+                        max_ratio=max_ratio)
+    got = planner.removed_fraction(plan, unit)
+    if info is not None:
+        info.update({"unit": unit, "asked": value, "planned": got, "groups": len(planner.groups)})
+    if abs(got - value) > tolerance and unit != "channels":
         warnings.warn(
-            f"target {target} reached only within {best[0] * 100:.1f} points (channel granularity"
+            f"target {target} reached only within {abs(got - value) * 100:.1f} points (channel granularity"
             f"{', round_to=' + str(round_to) if round_to else ''}); see the achieved figures",
             stacklevel=2,
         )
-    pruned = best[1]
-    _adopt(model, pruned)
-    return model
+    return remove_planned(model, example_inputs, planner=planner, plan=plan, scores=scores)
 
 
 def _adopt(model: nn.Module, pruned: nn.Module) -> None:

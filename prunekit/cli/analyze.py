@@ -1,4 +1,4 @@
-"""`prunekit analyze MODEL_OR_FILE`: params, MACs, prunable groups, CPU latency at batch 1."""
+"""`prunekit analyze MODEL_OR_FILE`: params, MACs, prunable groups, CPU latency at batch 1 on a runtime."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def add_parser(sub: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes for the latency median (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--latency", action="store_true", help="also time every layer (forward hooks, CPU, batch 1, median of --repeats)")
+    p.add_argument("--latency", action="store_true", help="also time every layer (forward hooks, eager CPU, batch 1, median of --repeats)")
+    p.add_argument("--runtime", default="eager", choices=["eager", "onnxruntime", "compile"],
+                   help="where the model's latency is measured (default eager; onnxruntime needs the onnx extra)")
     p.set_defaults(func=run)
 
 
@@ -25,7 +27,8 @@ def run(args: Any) -> int:
     model, x = load_model(args)
     m = measure(model, x)
     groups = structure.channel_groups(model, x)
-    lat = bench.latency(model, x, device="cpu", batch_size=1, repeats=max(1, args.repeats))
+    runtime = getattr(args, "runtime", "eager") or "eager"
+    lat = bench.latency(model, x, device="cpu", batch_size=1, repeats=max(1, args.repeats), runtime=runtime)
     result = {
         **m.to_dict(),
         "prunable_groups": len(groups),
@@ -33,6 +36,7 @@ def run(args: Any) -> int:
         "input_size": list(x.shape[1:]),
         "latency_ms": lat,
         "latency_device": "cpu",
+        "latency_runtime": runtime,
         "latency_batch_size": 1,
     }
     layer_rows: list[Any] = []
@@ -41,6 +45,7 @@ def run(args: Any) -> int:
 
         layer_rows, total = profile_layers(model, x, device="cpu", repeats=max(1, args.repeats))
         result["layer_latency_total_ms"] = total
+        result["layer_latency_runtime"] = "eager"  # forward hooks see PyTorch modules only
         result["layer_latency"] = [{"name": r.name, "kind": r.kind, "ms": r.ms, "share": r.share} for r in layer_rows]
     if args.json:
         print_json(result)
@@ -53,7 +58,7 @@ def run(args: Any) -> int:
         ["size (dense, bytes)", human(m.size_bytes)],
         ["prunable channel groups", str(len(groups))],
         ["prunable channels", str(result["prunable_channels"])],
-        ["CPU latency, batch 1 (measured, median)", f"{lat:.2f} ms"],
+        [f"CPU latency, {runtime}, batch 1 (measured, median)", f"{lat:.2f} ms"],
     ]
     print_table(f"{args.model} at {'x'.join(map(str, x.shape[1:]))}", ["", "value"], rows)
     if layer_rows:
@@ -61,7 +66,7 @@ def run(args: Any) -> int:
         table = [[r.name, r.kind, f"{r.ms:.3f}", f"{100 * r.share:.1f}%"] for r in layer_rows]
         table.append(["(outside modules: adds, reshapes)", "", f"{outside:.3f}", ""])
         print_table(
-            f"time per layer, CPU batch 1, measured with forward hooks (median of {max(1, args.repeats)} passes; "
+            f"time per layer, CPU, eager, batch 1, measured with forward hooks (median of {max(1, args.repeats)} passes; "
             f"forward {result['layer_latency_total_ms']:.2f} ms)",
             ["layer", "type", "ms", "share"], table,
         )

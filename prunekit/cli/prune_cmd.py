@@ -21,6 +21,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--round-to", default=None, help="keep channel counts multiples of N")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, value parsed as YAML (repeatable)")
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes for each latency median (default 10)")
+    p.add_argument("--runtime", default="eager", choices=["eager", "onnxruntime", "compile"],
+                   help="where latencies are measured, and where round_to=auto and latency= targets measure (default eager; onnxruntime needs the onnx extra)")
     p.add_argument("--out", required=True, help="where to write the pruned model (prunekit.save format)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--data", default=None, metavar="NAME", help="dataset whose training batches score channels/weights, for methods that need data (snip, ...)")
@@ -83,6 +85,7 @@ def run(args: Any) -> int:
     # method once and validates its options.
     options = parse_options(args.option)
     round_to = parse_round_to(args.round_to)
+    options.setdefault("runtime", args.runtime)
     method_class = methods.METHODS.get(args.method)
     target = Target.parse(args.target)
     if target.unit not in method_class.units:
@@ -94,15 +97,16 @@ def run(args: Any) -> int:
         args.input_size = "x".join(str(d) for d in shape)
     model, x = load_model(args)
     structure.resolve_ignore(model, args.ignore)
-    lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats))
+    lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats), runtime=args.runtime)
     result = prunekit.prune(
         model, method=args.method, target=target, example_inputs=x, ignore=args.ignore, round_to=round_to,
         data=batches, **options,
     )
-    lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats))
+    lat_after = bench.latency(result.model, x, batch_size=1, repeats=max(1, args.repeats), runtime=args.runtime)
     io.save(result.model, args.out)
-    before = {**result.before.to_dict(), "latency_ms": lat_before}
-    after = {**result.after.to_dict(), "latency_ms": lat_after}
+    where = {"latency_device": "cpu", "latency_runtime": args.runtime, "latency_batch_size": 1}
+    before = {**result.before.to_dict(), "latency_ms": lat_before, **where}
+    after = {**result.after.to_dict(), "latency_ms": lat_after, **where}
     if args.json:
         print_json({
             "before": before, "after": after, "achieved": result.achieved, "target": str(result.target),
@@ -110,7 +114,7 @@ def run(args: Any) -> int:
         })
         return 0
     rows = []
-    for key, label in [("params", "parameters"), ("nonzero_params", "non-zero parameters"), ("macs", "MACs per image"), ("nonzero_macs", "non-zero MACs per image"), ("latency_ms", "CPU latency, batch 1 (ms, measured)")]:
+    for key, label in [("params", "parameters"), ("nonzero_params", "non-zero parameters"), ("macs", "MACs per image"), ("nonzero_macs", "non-zero MACs per image"), ("latency_ms", f"CPU latency, {args.runtime}, batch 1 (ms, measured)")]:
         b, a = before[key], after[key]
         fmt = (lambda v: f"{v:.2f}") if key == "latency_ms" else human
         rows.append([label, fmt(b), fmt(a), f"{a / b:.3f}x" if b else "-"])
@@ -137,9 +141,11 @@ def _info_lines(info: dict) -> list[str]:
     if isinstance(lat, dict) and "before_ms" in lat:
         timed = len(lat.get("attempts", []))
         lines.append(
-            f"latency search: {lat['before_ms']:.2f} -> {lat['after_ms']:.2f} ms ({lat['device']}, batch "
+            f"latency search: {lat['before_ms']:.2f} -> {lat['after_ms']:.2f} ms ({lat['device']}, {lat['runtime'] + ', ' if lat.get('runtime') else ''}batch "
             f"{lat['batch_size']}), {lat['achieved']:.3f} removed for a target of {lat['target']:.3f}, "
             f"{timed} pruned candidate{'' if timed == 1 else 's'} timed"
         )
+        if lat.get("warning"):
+            lines.append(f"warning: {lat['warning']}")
     return lines
 

@@ -51,7 +51,8 @@ def interleaved_latency(first: nn.Module, second: nn.Module, example_inputs: Any
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for model, out in ((first, times[0]), (second, times[1])):
-            out.append(bench.latency(model, example_inputs, device=device, batch_size=e.latency_batch_size, repeats=per_round))
+            out.append(bench.latency(model, example_inputs, device=device, batch_size=e.latency_batch_size, repeats=per_round,
+                                     runtime=getattr(e, "latency_runtime", "eager")))
     return statistics.median(times[0]), statistics.median(times[1])
 
 

@@ -169,7 +169,8 @@ class Final(Stage):
     resumable = False
 
     def describe(self, x: Any) -> str:
-        return f"evaluate, measure, latency on {x.ctx.latency_device} (batch {x.ctx.recipe.eval.latency_batch_size})"
+        e = x.ctx.recipe.eval
+        return f"evaluate, measure, latency on {x.ctx.latency_device}, {e.latency_runtime} (batch {e.latency_batch_size})"
 
     def run(self, x: Any, model: nn.Module | None) -> nn.Module:
         ctx, e = x.ctx, x.ctx.recipe.eval
@@ -184,8 +185,8 @@ class Final(Stage):
         baseline_model = x.rundir.load_model("baseline", ctx.device).eval()
         before = metrics.measure(baseline_model, ctx.example_inputs)
         lat_before, lat_after = results.interleaved_latency(baseline_model, model, ctx.example_inputs, e, ctx.latency_device)
-        lat_info: dict[str, Any] = {"latency_device": ctx.latency_device, "latency_batch_size": e.latency_batch_size,
-                                    "latency_repeats": e.latency_repeats}
+        lat_info: dict[str, Any] = {"latency_device": ctx.latency_device, "latency_runtime": e.latency_runtime,
+                                    "latency_batch_size": e.latency_batch_size, "latency_repeats": e.latency_repeats}
         if ctx.latency_device == "cpu":
             lat_info["latency_threads"] = torch.get_num_threads()
         m = x.rundir.metrics

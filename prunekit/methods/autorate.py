@@ -53,7 +53,7 @@ from prunekit.methods.autorate_rates import (  # noqa: F401
     removed_count, scale_thresholds, thresholds, update_upper_bound, upper_bound_limit,
 )
 from prunekit.methods.autorate_search import (  # noqa: F401
-    AutoRateConfig, Evaluate, FilterL1Importance, Retrain, _exact_fraction, _Group, _prunable, accepts, search,
+    AutoRateConfig, Evaluate, FilterL1Importance, Retrain, _Group, _prunable, accepts, search,
 )
 
 

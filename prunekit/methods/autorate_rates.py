@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import tasks
+from prunekit import planner, tasks
 from prunekit.errors import UserError
 from prunekit.methods.base import task_loss
 
@@ -100,12 +100,9 @@ def scale_thresholds(th: dict[str, float], *, sensitivities: dict[str, float], u
 
 def removed_count(size: int, rate: float, *, round_to: int | None = None) -> int:
     """Return how many of `size` output channels a `rate` removes: round(rate size), then the kept count
-    rounded down to a multiple of `round_to` (as Torch-Pruning rounds)."""
-    removed = int(round(float(rate) * size))
-    if round_to and removed > 0:
-        kept = size - removed
-        removed = size - (kept - kept % round_to)
-    return removed
+    rounded down to a multiple of `round_to` (as Torch-Pruning rounds; the planner's "down" direction,
+    which may empty a layer: `choose_rate` never picks such a rate)."""
+    return planner.round_removed(size, planner.rate_count(size, rate), round_to, direction="down")
 
 
 def pruning_error(weight: torch.Tensor, *, removed: int) -> float:

@@ -259,10 +259,9 @@ def search(
                 info["stopped"] = "upper bound below 0"
                 break
             continue
-        ratios = {name: _exact_fraction(r, next(g.size for g in groups if g.root_name == name)) for name, r in removed.items() if r > 0}
         trial = copy.deepcopy(current)
-        structure.remove_channels(trial, example_inputs, importance=FilterL1Importance(), ratios=ratios, ignore=ignore, round_to=None,
-                                  protected=protected)
+        structure.remove_counts(trial, example_inputs, counts=removed, importance=FilterL1Importance(), ignore=ignore,
+                                protected=protected)
         m = measure(trial, example_inputs)
         accs: list[float] = []
         accepted = False
@@ -316,8 +315,3 @@ def accepts(metric: Any, *, before: float, after: float, control: float) -> bool
     metric, after - control < before for a lower-is-better one."""
     return metric.better(after + control if metric.higher_is_better else after - control, before)
 
-
-def _exact_fraction(removed: int, size: int) -> float:
-    from prunekit.allocation import exact_fraction
-
-    return exact_fraction(removed, size)

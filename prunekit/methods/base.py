@@ -101,6 +101,7 @@ class Method:
         target: Target | str | None = None,
         ignore: Sequence[str | nn.Module] = (),
         round_to: int | str | None = None,
+        runtime: str = "eager",
         **options: Any,
     ) -> None:
         self.target = Target.parse(target) if target is not None else None
@@ -112,6 +113,10 @@ class Method:
             )
         self.ignore = tuple(ignore)
         self.round_to = round_to
+        #: where measured choices (round_to="auto", latency targets) are timed: eager, onnxruntime, compile
+        from prunekit.runtimes import check_runtime
+
+        self.runtime = check_runtime(runtime)
         self.options = self.configure(**options)
         #: extra facts for metrics.json / reports (per-layer ranks, rates, stage results...)
         self.info: dict[str, Any] = {}
@@ -131,7 +136,7 @@ class Method:
 
         asked = default if self.round_to is None else self.round_to
         resolved = allocation.resolve_round_to(asked, model=model, example_inputs=example_inputs,
-                                               target=self.target, ignore=self.ignore)
+                                               target=self.target, ignore=self.ignore, runtime=self.runtime)
         self.info["round_to"] = resolved.to_dict()
         return resolved.value
 

@@ -28,20 +28,19 @@ the zeroed channels; `finalize` always zeroes whole groups before removing them.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit import inputs, structure
+from prunekit import inputs, planner, structure
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.metrics import measure
 
 SCOPES = ("layer", "global")
-#: no group loses more than this fraction (structure.remove_channels' cap)
-MAX_RATIO = 0.95
+#: no group loses more than this fraction (the planner's one cap)
+MAX_RATIO = planner.MAX_REMOVED
 
 
 def filter_norms(group: structure.ChannelGroup) -> torch.Tensor:
@@ -64,12 +63,9 @@ def filter_norms(group: structure.ChannelGroup) -> torch.Tensor:
 
 def n_pruned(size: int, rate: float, *, round_to: int | None = None) -> int:
     """Return how many of `size` channels a layer loses at `rate`: round(rate * size), capped at 95%,
-    with the kept count rounded UP to a multiple of `round_to`."""
-    n = min(int(round(rate * size)), int(MAX_RATIO * size))
-    if round_to:
-        kept = min(size, int(math.ceil((size - n) / round_to) * round_to))
-        n = size - kept
-    return max(n, 0)
+    with the kept count rounded UP to a multiple of `round_to` (the planner's "up" direction)."""
+    n = min(planner.rate_count(size, rate), planner.max_removed(size, MAX_RATIO))
+    return planner.round_removed(size, n, round_to, direction="up")
 
 
 @register
@@ -153,18 +149,10 @@ class SoftFilterPruning(Method):
     def _global_counts(self, groups: list[structure.ChannelGroup], norms: list[torch.Tensor], rate: float) -> list[int]:
         # One ranking of norms divided by their group's mean (layers differ in scale), at most
         # MAX_RATIO of any group.
-        scaled = torch.cat([n / n.mean().clamp_min(1e-12) for n in norms])
-        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+        scaled = [n / n.mean().clamp_min(1e-12) for n in norms]
         caps = [n_pruned(g.size, MAX_RATIO) for g in groups]
         total = int(round(rate * sum(g.size for g in groups)))
-        counts = [0] * len(groups)
-        for idx in torch.argsort(scaled, stable=True).tolist():
-            if total == 0:
-                break
-            i = int(owner[idx])
-            if counts[i] < caps[i]:
-                counts[i] += 1
-                total -= 1
+        counts = planner.global_counts(scaled, total, caps)
         if self.round_to:
             counts = [n_pruned(g.size, c / g.size, round_to=self.round_to) for g, c in zip(groups, counts)]
         return counts
@@ -209,15 +197,11 @@ class SoftFilterPruning(Method):
         x = inputs.to(self._example, next(model.parameters()).device)
         before = measure(model, x)
         chosen = self.soft_prune(model, whole_group=True)  # the exact network that removal keeps
-        sizes = {g.root_name: g.size for g in self._groups_of(model)}
         if chosen:
-            # Per-group fraction set half a channel below the count, so that Torch-Pruning's
-            # int(size * (1 - ratio)) keeps exactly size - n; the importance puts the zeroed
-            # channels first.
-            ratios = {name: (len(idxs) - 0.5) / sizes[name] for name, idxs in chosen.items()}
-            structure.remove_channels(
-                model, x, importance=_ChosenFirst(model, chosen), ratios=ratios, ignore=self.ignore,
-                round_to=None, allocation="uniform", protected=self.protected(model, x),
+            structure.remove_counts(
+                model, x, counts={name: len(idxs) for name, idxs in chosen.items()},
+                importance=_ChosenFirst(model, chosen), ignore=self.ignore,
+                protected=self.protected(model, x),
             )
         self._groups = None
         after = measure(model, x)

@@ -9,13 +9,12 @@ the target (channels, params or macs), and lets `prunekit.structure` remove them
 The global-threshold planner (`prune_channels_by_scores`) is shared with `snip_channel`: it
 decides how many channels each group loses from precomputed per-channel scores, caps every group
 (at least one channel and 5% kept, so no layer vanishes) and hands per-group fractions to
-`structure.remove_channels`. Torch-Pruning's own global mode skips a group entirely when its
+`structure.remove_planned` (through `prunekit.planner`). Torch-Pruning's own global mode skips a group entirely when its
 threshold would empty it, which breaks both the target and the threshold; planning here avoids that.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,14 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import structure
-from prunekit.allocation import exact_fraction
+from prunekit import planner, structure
 from prunekit.errors import UserError
 from prunekit.methods.base import Batches, Method, register
 from prunekit.targets import Target
 
-#: the most of one group a plan removes (structure's convention: no layer loses all its channels)
-MAX_RATIO = 0.95
+#: the most of one group a plan removes (the planner's one cap: no layer loses all its channels)
+MAX_RATIO = planner.MAX_REMOVED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,38 +72,8 @@ def group_scores(model: nn.Module, example_inputs: Any, *, importance: Any, igno
     return scores
 
 
-class _ScoreTable:
-    """An importance callable that answers precomputed scores by the group's root layer name."""
-
-    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module) -> None:
-        self._scores = scores
-        self._names = structure.module_names(model)
-
-    def __call__(self, group: Any) -> torch.Tensor | None:
-        name = self._names.get(group[0].dep.target.module)
-        s = self._scores.get(name)
-        if s is None or len(s) != len(group[0].idxs):
-            return None
-        return s.float()
-
-
 # ----------------------------------------------------------------------------------------------
-# planning: how many channels each group loses
-
-
-def _cap(size: int, max_ratio: float) -> int:
-    return max(0, min(size - 1, int(max_ratio * size + 0.5)))
-
-
-def _rounded(size: int, n: int, round_to: int | None) -> int:
-    # Round the kept count down to a multiple of round_to (never below round_to), as
-    # Torch-Pruning would, but without ever rounding a group to zero channels.
-    if not round_to or n == 0:
-        return n
-    if size <= round_to:  # cannot keep a positive multiple smaller than the group
-        return 0
-    kept = size - n
-    return size - max(round_to, kept - kept % round_to)
+# planning: how many channels each group loses (prunekit.planner, slimming's rule)
 
 
 def plan_removal(scores: dict[str, torch.Tensor], *, count: int, allocation: str = "global", max_ratio: float = MAX_RATIO,
@@ -115,47 +83,22 @@ def plan_removal(scores: dict[str, torch.Tensor], *, count: int, allocation: str
     "global": the `count` lowest scores over all groups (one threshold), each group capped so it
     keeps at least one channel and (1 - max_ratio) of its channels; "uniform": the same fraction
     count / total from every group. With `round_to`, a pruned group keeps a multiple of it (at
-    least `round_to`). The result may differ from `count` where caps and rounding bind.
+    least `round_to`; rounded down, as Torch-Pruning). The result may differ from `count` where
+    caps and rounding bind.
     """
-    sizes = {name: len(s) for name, s in scores.items()}
-    total = sum(sizes.values())
+    names = list(scores)
+    sizes = [len(scores[n]) for n in names]
+    caps = [planner.max_removed(n, max_ratio) for n in sizes]
+    total = sum(sizes)
     if allocation == "uniform":
         frac = count / total if total else 0.0
-        per_group = [int(round(frac * n)) for n in sizes.values()]
+        per_group = [min(c, int(round(frac * n))) for n, c in zip(sizes, caps)]
     elif allocation == "global":
-        names = list(scores)
-        flat = torch.cat([scores[n] for n in names])
-        owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
-        order = torch.argsort(flat, stable=True)[: max(0, min(count, total))]
-        per_group = torch.bincount(owner[order], minlength=len(names)).tolist()
+        per_group = planner.global_counts([scores[n] for n in names], count, caps)
     else:
         raise UserError(f"allocation {allocation!r} is not one of uniform, global")
-    return {name: _rounded(sizes[name], min(_cap(sizes[name], max_ratio), k), round_to) for name, k in zip(sizes, per_group)}
-
-
-def _count_for_channels(scores: dict[str, torch.Tensor], fraction: float, allocation: str, round_to: int | None) -> int:
-    # The smallest global count whose capped, rounded plan removes `fraction` of all channels.
-    total = sum(len(s) for s in scores.values())
-    want = int(round(fraction * total))
-    lo, hi = 0, total
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if sum(plan_removal(scores, count=mid, allocation=allocation, round_to=round_to).values()) >= want:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _apply_plan(model: nn.Module, example_inputs: Any, *, scores: dict[str, torch.Tensor], plan: dict[str, int],
-                ignore: Sequence[str | nn.Module], round_to: int | None, protected: structure.Protected = None) -> nn.Module:
-    ratios = {name: exact_fraction(n, len(scores[name])) for name, n in plan.items() if n > 0}
-    if not ratios:
-        return model
-    return structure.remove_channels(
-        model, example_inputs, importance=_ScoreTable(scores, model), ratios=ratios,
-        ignore=ignore, round_to=round_to, max_ratio=MAX_RATIO, protected=protected,
-    )
+    return {name: planner.round_removed(n, k, round_to, direction="down", min_kept=round_to or 0)
+            for name, n, k in zip(names, sizes, per_group)}
 
 
 def prune_channels_by_scores(
@@ -168,59 +111,35 @@ def prune_channels_by_scores(
     round_to: int | None = None,
     allocation: str = "global",
     tolerance: float = 0.02,
-    max_iter: int = 16,
     protected: structure.Protected = None,
 ) -> dict[str, int]:
     """Remove channels of `model` in place, lowest `scores` first, to reach `target`; return the plan.
 
     `scores` maps each group's root layer name (as `group_scores` returns) to one score per channel.
     `target` is channels (fraction of all scored channels removed), params or macs (fraction of
-    the model's count removed, found by bisection on pruned copies within `tolerance`). The plan
-    is {root name: channels removed}; `round_to` may remove a few more to round the kept counts.
+    the model's count removed, counted on the plan by `prunekit.planner`, within `tolerance`).
+    The plan is {root name: channels removed}; with `round_to` kept counts are rounded down to
+    multiples of it (never below it), so a few more may go.
     """
-    from prunekit.metrics import measure
-
     target = Target.parse(target)
     if not scores:
         raise UserError("no prunable channel group could be scored (nothing to prune)")
-    total = sum(len(s) for s in scores.values())
-    protected = structure.protected_names(model, example_inputs, protected)  # names: the trials are copies
-    kwargs = dict(scores=scores, ignore=ignore, round_to=round_to, protected=protected)
-    if target.unit == "channels":
-        count = _count_for_channels(scores, target.value, allocation, round_to)
-        plan = plan_removal(scores, count=count, allocation=allocation, round_to=round_to)
-        _apply_plan(model, example_inputs, plan=plan, **kwargs)
-        return plan
-    if target.unit not in ("params", "macs"):
+    plans = planner.ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    per_group: list[torch.Tensor | None] = []
+    for g in plans.groups:
+        s = scores.get(g.root_name)
+        per_group.append(s.detach().double().cpu().flatten() if s is not None and len(s) == g.size else None)
+    if target.unit not in ("channels", "params", "macs"):
         raise UserError(f"structured pruning takes a target in channels, params or macs, not {target.unit!r}")
-    base = getattr(measure(model, example_inputs), target.unit)
-
-    def removed_at(count: int) -> float:
-        plan = plan_removal(scores, count=count, allocation=allocation, round_to=round_to)
-        trial = _apply_plan(copy.deepcopy(model), example_inputs, plan=plan, **kwargs)
-        return 1.0 - getattr(measure(trial, example_inputs), target.unit) / base
-
-    lo, hi = 0, total
-    best = (float("inf"), 0)  # (error, count)
-    for _ in range(max_iter):
-        if lo > hi:
-            break
-        mid = (lo + hi) // 2
-        got = removed_at(mid)
-        err = abs(got - target.value)
-        if err < best[0]:
-            best = (err, mid)
-        if err <= tolerance / 4:
-            break
-        if got < target.value:
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    if best[0] > tolerance:
-        warnings.warn(f"target {target} reached only within {best[0] * 100:.1f} points (channel granularity and caps)", stacklevel=2)
-    plan = plan_removal(scores, count=best[1], allocation=allocation, round_to=round_to)
-    _apply_plan(model, example_inputs, plan=plan, **kwargs)
-    return plan
+    plan = plans.plan(per_group, unit=target.unit, value=target.value, allocation=allocation, round_to=round_to,
+                      direction="down", min_kept=round_to or 0, max_ratio=MAX_RATIO)
+    if target.unit != "channels":
+        got = plans.removed_fraction(plan, target.unit)
+        if abs(got - target.value) > tolerance:
+            warnings.warn(f"target {target} reached only within {abs(got - target.value) * 100:.1f} points (channel granularity and caps)", stacklevel=2)
+    structure.remove_planned(model, example_inputs, planner=plans, plan=plan, scores=per_group)
+    by_name = {g.root_name: n for g, n in zip(plans.groups, plan)}
+    return {name: by_name.get(name, 0) for name in scores}
 
 
 # ----------------------------------------------------------------------------------------------

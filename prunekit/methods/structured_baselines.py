@@ -17,17 +17,23 @@ class StructuredMethod(Method):
 
     Options: `allocation` ("uniform": the same fraction from every group; "global": one ranking
     of normalised scores across groups). Subclasses provide `importance()`.
-    A `latency=` target is met by measured time on the model's device (`prunekit.allocation`);
-    `round_to` defaults to "auto" (the channel multiple measured on the device; 1 = none).
+    A `latency=` target is met by measured time on the model's device and the method's `runtime`
+    (`prunekit.latency_search`), removing at most `max_macs_removed` of the MACs (default 0.75);
+    `round_to` defaults to "auto" (the channel multiple measured on the device and runtime; 1 = none).
     """
 
     kind = "structured"
     units = ("channels", "params", "macs", "latency")
 
-    def configure(self, *, allocation: str = "uniform", **options: Any) -> dict[str, Any]:
+    def configure(self, *, allocation: str = "uniform", max_macs_removed: float | None = None, **options: Any) -> dict[str, Any]:
         if allocation not in ("uniform", "global"):
             raise UserError(f"method {self.name!r}: allocation {allocation!r} is not one of uniform, global")
-        return {"allocation": allocation, **super().configure(**options)}
+        from prunekit.latency_search import MAX_MACS_REMOVED
+
+        bound = MAX_MACS_REMOVED if max_macs_removed is None else max_macs_removed
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound <= 1:
+            raise UserError(f"method {self.name!r}: max_macs_removed={max_macs_removed!r} must be in (0, 1]")
+        return {"allocation": allocation, "max_macs_removed": float(bound), **super().configure(**options)}
 
     def importance(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None) -> structure.Importance:
         """Return the channel scorer (one score per channel of a group; higher is kept)."""
@@ -45,11 +51,15 @@ class StructuredMethod(Method):
             report: dict[str, Any] = {}
             model = allocation.prune_to_latency(
                 model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
-                round_to=round_to, report=report, protected=protected,
+                round_to=round_to, report=report, runtime=self.runtime, max_macs_removed=self.options["max_macs_removed"],
+                protected=protected,
             )
             self.info["latency"] = report
+            if report.get("warning"):
+                self.info["warnings"] = [*self.info.get("warnings", []), report["warning"]]
             return model
-        return structure.prune_to_target(
+        plan: dict[str, Any] = {}
+        model = structure.prune_to_target(
             model,
             example_inputs,
             importance=importance,
@@ -58,7 +68,10 @@ class StructuredMethod(Method):
             round_to=round_to,
             allocation=self.options["allocation"],
             protected=protected,
+            info=plan,
         )
+        self.info["plan"] = plan
+        return model
 
 
 @register
