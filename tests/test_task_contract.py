@@ -118,11 +118,11 @@ def _task(name):
     return TwoHeadTask() if name == "two_head" else tasks.create(name)
 
 
-@pytest.mark.parametrize("task_name", TASKS)
 # prunekit's own methods (other test modules register throwaway methods of their own)
 OWN_METHODS = [n for n in methods.list_methods() if methods.METHODS.get(n).__module__.startswith("prunekit.")]
 
 
+@pytest.mark.parametrize("task_name", TASKS)
 @pytest.mark.parametrize("method", OWN_METHODS)
 def test_every_method_prunes_every_task_and_keeps_protected_outputs(method, task_name):
     task = _task(task_name)
