@@ -366,7 +366,7 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "stages": (list,), "layers": (list,), "wall_time_s": (dict,), "method_info": (dict,),
     "report": (dict,), "completed_stages": (list,),
 }
-_MEASURE_STR = ("latency_device",)
+_MEASURE_STR = ("latency_device", "latency_runtime")
 
 
 def check_metrics(obj: Any, path: str | os.PathLike) -> dict[str, Any]:

@@ -165,3 +165,28 @@ def test_sigterm_and_sighup_are_handled_like_sigint(tmp_path, monkeypatch, capsy
     assert resumed["status"] == "complete"
     with pytest.raises(KeyboardInterrupt):
         raise RunInterrupted("a KeyboardInterrupt: the CLI maps it to exit code 130")
+
+
+def test_a_diverged_stage_resumes_with_new_settings_and_the_change_is_recorded(tmp_path, capsys):
+    data = json.loads(json.dumps(TINY))
+    data["finetune"]["lr"] = 1.0e30  # diverges in the fine-tune, after baseline and method completed
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--resume --set finetune.lr=LOWER" in err, err
+    first = read_metrics(out)
+    assert first["status"] == "failed" and "baseline" in first["completed_stages"]
+    baseline = (out / "state" / "baseline.pt").read_bytes()
+
+    # a completed stage's settings may not change on resume: one line, nothing changed
+    assert main(["run", str(out / "recipe.yaml"), "--out", str(out), "--resume", "--quiet",
+                 "--set", "baseline.train.lr=0.01", "--set", "finetune.lr=0.01"]) == 2
+    assert "baseline.train.lr differs" in capsys.readouterr().err
+    # the unfinished stage's may: it restarts with them, the completed stages are kept
+    assert main(["run", str(out / "recipe.yaml"), "--out", str(out), "--resume", "--quiet", "--set", "finetune.lr=0.01"]) == 0
+    done = read_metrics(out)
+    assert done["status"] == "complete" and (out / "state" / "baseline.pt").read_bytes() == baseline
+    assert [(c["field"], c["to"]) for c in done["resume_changes"]] == [("finetune.lr", 0.01)]
+    assert done["resume_changes"][0]["from"] == 1.0e30

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from prunekit import distributed, preflight
+from prunekit.train import TrainingDiverged
 from prunekit._version import __version__
 from prunekit.errors import UserError
 from prunekit.experiment import results
@@ -93,6 +94,10 @@ class Experiment:
             with _signals_as_interrupts():
                 try:
                     self._loop()
+                except TrainingDiverged as err:  # say exactly how to go on with other settings
+                    err = TrainingDiverged(f"{err}; {self._restart_hint()}")
+                    rd.fail(err)
+                    raise err from None
                 except BaseException as err:
                     rd.fail(err)
                     raise
@@ -126,6 +131,14 @@ class Experiment:
             self.console.print(f"[bold cyan][{n}/{len(self.stages)}] {stage.name}[/]: {stage.describe(self)}")
             model = stage.run(self, model)
 
+    def _restart_hint(self) -> str:
+        stage = str(self.rundir.metrics.get("stage") or "")
+        field = {"baseline": "baseline.train", "method": "method.train", "finetune": "finetune"}.get(stage.rstrip("0123456789"), "finetune")
+        out = self.rundir.path
+        return (f"to go on with other settings, resume with them: prunekit run {out / 'recipe.yaml'} --out {out} --resume "
+                f"--set {field}.lr=LOWER (or {field}.grad_clip=1.0); the completed stages are kept and {stage or 'this stage'} "
+                "restarts from its start, the change recorded in metrics.json under resume_changes")
+
     def _initial_metrics(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         ctx, r = self.ctx, self.ctx.recipe
         metrics: dict[str, Any] = {
@@ -150,7 +163,7 @@ class Experiment:
             "report": {"plots": r.report.plots},
         }
         if previous is not None:
-            for key in ("completed_stages", "wall_time_s", "baseline", "stages", "started_at"):
+            for key in ("completed_stages", "wall_time_s", "baseline", "stages", "started_at", "resume_changes"):
                 if key in previous:
                     metrics[key] = previous[key]
             metrics["resumed_at"] = [*previous.get("resumed_at", []), now()]

@@ -61,6 +61,28 @@ def plain(obj: Any) -> Any:
     return finite(json.loads(json.dumps(obj, default=report_mod.jsonable)))
 
 
+#: recipe prefix of the training settings of each kind of stage (what --resume may change while it is unfinished)
+_TRAIN_PREFIXES = {"baseline.train.": "baseline", "method.train.": "method", "finetune.": "finetune"}
+
+
+def all_differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Return (dotted path, old, new) for every leaf where two plain-data trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in [*a, *(k for k in b if k not in a)]
+                for d in all_differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if a == b else [(path, a, b)]
+
+
+def _stage_of(path: str) -> str:
+    return next(kind for prefix, kind in _TRAIN_PREFIXES.items() if path.startswith(prefix))
+
+
+def _retrainable(path: str, completed: list[str]) -> bool:
+    # a training setting of a kind of stage none of whose stages completed (e.g. a diverged fine-tune)
+    kind = next((k for prefix, k in _TRAIN_PREFIXES.items() if path.startswith(prefix)), None)
+    return kind is not None and not any(stage.rstrip("0123456789") == kind for stage in completed)
+
+
 def first_difference(a: Any, b: Any, path: str = "") -> str | None:
     """Return the dotted path of the first difference between two plain-data trees, or None."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -80,6 +102,8 @@ class RunDir:
         self.writer = writer  # False on the ranks > 0 of a data-parallel run: they read, rank 0 writes
         self.state = self.path / STATE_DIR
         self.metrics: dict[str, Any] = {}
+        #: kinds of stage ("baseline", "method", "finetune") whose training settings changed on resume
+        self.discard_checkpoints: list[str] = []
 
     # opening ------------------------------------------------------------------------------------
     def inspect(self, *, resume: bool, recipe: dict[str, Any]) -> dict[str, Any] | None:
@@ -110,9 +134,17 @@ class RunDir:
                 raise UserError(f"{stored}: unreadable; start the run afresh without --resume or use --out NEW_DIR") from None
             if isinstance(old, dict) and "task" not in old:  # written before recipes had a task section
                 old["task"] = {"name": "classification", "options": {}}
-            diff = first_difference(old, recipe)
-            if diff is not None:
-                raise UserError(f"{out}: --resume with a different recipe ({diff} differs from {stored}); use --out NEW_DIR")
+            changes = all_differences(old, recipe)
+            done = list(previous.get("completed_stages") or [])
+            refused = [path for path, _, _ in changes if not _retrainable(path, done)]
+            if refused:
+                raise UserError(f"{out}: --resume with a different recipe ({refused[0]} differs from {stored}); "
+                                "only the training settings of a stage not yet completed may change on resume "
+                                "(completed: " + (", ".join(done) or "none") + "); use --out NEW_DIR")
+            if changes:  # the unfinished stage restarts from its start with the new settings, recorded
+                self.discard_checkpoints = sorted({_stage_of(path) for path, _, _ in changes})
+                previous.setdefault("resume_changes", []).extend(
+                    {"field": path, "from": a, "to": b, "at": now()} for path, a, b in changes)
         return previous
 
     def start_over(self) -> None:
@@ -129,8 +161,13 @@ class RunDir:
         if not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        for kind in self.discard_checkpoints:  # its settings changed: the unfinished stage restarts from its start
+            for ckpt in self.state.glob(f"{kind}*.ckpt"):
+                ckpt.unlink()
         self.write_metrics()
         atomic_write_text(self.path / "recipe.yaml", recipe_yaml)
+        if self.discard_checkpoints:
+            self.log({"event": "resume_changes", "changes": self.metrics.get("resume_changes", [])[-20:]})
 
     # metrics.json and log.jsonl -----------------------------------------------------------------
     def write_metrics(self) -> None:
