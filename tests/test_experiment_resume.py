@@ -75,9 +75,16 @@ def same_results(a: Path, b: Path) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.parametrize(("method", "target"), [("snip_channel", "channels=0.3"), ("snip", "sparsity=0.5")])
-def test_resume_after_the_baseline_scores_the_same_batches(tmp_path, monkeypatch, method, target):
-    recipe = load_recipe(write_recipe(tmp_path, name=method, target=target))
+AUTORATE = {"rounds": 1, "epochs_per_round": 1, "batches": 1, "train": {"max_steps_per_epoch": 2}}
+
+
+# every data-scored method (synflow is data-free)
+@pytest.mark.parametrize(("method", "target", "options"), [
+    ("snip_channel", "channels=0.3", {}), ("snip", "sparsity=0.5", {}), ("grasp", "sparsity=0.5", {}),
+    ("autorate", "accuracy_drop=100", AUTORATE),
+])
+def test_resume_after_the_baseline_scores_the_same_batches(tmp_path, monkeypatch, method, target, options):
+    recipe = load_recipe(write_recipe(tmp_path, name=method, target=target, options=options))
     whole = run_experiment(recipe, out_dir=tmp_path / "whole", progress=False)
     assert whole["status"] == "complete"
 

@@ -148,5 +148,5 @@ class AutoRate(Method):
         self.info.update(info)
         plot_dir = self.options["plot_dir"] or getattr(context, "out_dir", None)
         if plot_dir:
-            self.info["plot"] = str(plot_rates(info, Path(plot_dir) / "autorate_rates.png"))
+            self.info["plot"] = plot_rates(info, Path(plot_dir) / "autorate_rates.png").name  # beside metrics.json
         return pruned
