@@ -25,148 +25,49 @@ per core): each point is claimed with a lock file (`<out>/.locks/<slug>.lock`, p
 of a dead process is taken over), so they split the grid between them. `render_study(out)` (also `prunekit report STUDY_DIR`) rebuilds
 `study.md`, `tradeoff.png` and, with a headline, `accuracy_vs_params-<panel>.png` from the run
 directories alone.
+
+The code is split by concern: `prunekit.study_spec` (the schema, the grid and `plan`), this module
+(running the grid: sequentially or through `prunekit.study_ray`, locks, progress) and
+`prunekit.study_render` (table, headline and plots from the run directories). Every public name
+of the three is importable from `prunekit.study`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from prunekit import preflight
 from prunekit.errors import UserError
-from prunekit.recipe import Recipe, format_validation_error, load_recipe, read_yaml_mapping
+from prunekit.study_render import (  # noqa: F401  (re-exported: prunekit.study.<name>)
+    STUDY_FILE,
+    _error_file,
+    _fmt,
+    _read_point,
+    _removed,
+    _top1,
+    headline,
+    headline_markdown,
+    plot_arms,
+    plot_tradeoff,
+    render_study,
+    study_table,
+)
+from prunekit.study_spec import (  # noqa: F401  (re-exported: prunekit.study.<name>)
+    HeadlineSpec,
+    StudySpec,
+    _check_headline,
+    _slug_part,
+    _yaml_value,
+    axes,
+    plan,
+    validate_point,
+)
 
-STUDY_FILE = "study.json"
 LOCK_DIR = ".locks"  # <out>/.locks/<slug>.lock while a process runs that point
-
-
-class HeadlineSpec(BaseModel):
-    """Which axis holds the arms compared, which one the plot panels, and each arm's dense point."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arms: str = Field(..., description="the grid axis whose values are compared (one curve per value)")
-    panels: str | None = Field(None, description="one plot (and headline) per value of this axis")
-    dense: dict[str, str] = Field(..., description="axis -> label of the point that is each arm's dense model")
-    within: float = Field(1.0, ge=0, description="top-1 points below the arm's dense model that still count")
-
-
-class StudySpec(BaseModel):
-    """The study file's schema."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., description="names the default output directory runs/<name>")
-    recipe: str = Field(..., description="the base recipe file")
-    set: list[str] = Field(default_factory=list, description="KEY=VALUE overrides every run shares")
-    grid: dict[str, list[Any] | dict[str, list[str] | dict[str, Any]]] = Field(
-        ..., description="dotted field -> values, or axis name -> {label: overrides}; every combination is one run")
-    headline: HeadlineSpec | None = None
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not value:
-            raise ValueError("give at least one field and its values, e.g. {method.target: [macs=0.3, macs=0.5]}")
-        empty = [k for k, v in value.items() if not v]
-        if empty:
-            raise ValueError(f"{empty[0]} has no values")
-        return value
-
-
-def _yaml_value(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    return text[: -len("...")].strip() if text.endswith("...") else text
-
-
-def _slug_part(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9._]+", "", str(value)) or "x"
-
-
-def axes(spec: StudySpec) -> dict[str, list[tuple[str, list[str]]]]:
-    """Return {axis: [(label, overrides), ...]} for every grid axis, in file order."""
-    out: dict[str, list[tuple[str, list[str]]]] = {}
-    for key, values in spec.grid.items():
-        if isinstance(values, dict):  # a named axis: label -> overrides (KEY=VALUE strings or a mapping)
-            out[key] = [(str(label), list(o) if isinstance(o, list) else [f"{f}={_yaml_value(v)}" for f, v in o.items()])
-                        for label, o in values.items()]
-        else:
-            out[key] = [(str(v), [f"{key}={_yaml_value(v)}"]) for v in values]
-    return out
-
-
-def _check_headline(spec: StudySpec, grid: dict[str, list[tuple[str, list[str]]]], source: str) -> None:
-    h = spec.headline
-    if h is None:
-        return
-    for field, axis in (("headline.arms", h.arms), ("headline.panels", h.panels), *((f"headline.dense.{a}", a) for a in h.dense)):
-        if axis is not None and axis not in grid:
-            raise UserError(f"{source}: {field}: {axis!r} is not a grid axis (axes: {', '.join(grid)})")
-    for axis, label in h.dense.items():
-        if label not in [lab for lab, _ in grid[axis]]:
-            raise UserError(f"{source}: headline.dense.{axis}: {label!r} is not one of its values ({', '.join(lab for lab, _ in grid[axis])})")
-    if h.arms in h.dense or (h.panels is not None and h.panels in h.dense):
-        raise UserError(f"{source}: headline.dense: name the axes other than arms and panels")
-
-
-def validate_point(recipe: Recipe, *, device: str | None = None) -> None:
-    """Raise the `UserError` that `run_experiment(recipe)` would raise before writing anything.
-
-    Names of the method, dataset and model, method options, the dataset's own options, weight and
-    checkpoint files, the device and composite-method stage epochs.
-    """
-    from prunekit import data
-    from prunekit.experiment.context import RunContext  # the experiment's own checks, without a run directory
-
-    RunContext(recipe, device=device, progress=False)
-    spec = data.dataset_spec(recipe.data.name)
-    allowed = {*spec.options, *data.COMMON_OPTIONS, "mean", "std", "pad", "flip"}
-    unknown = sorted(set(recipe.data.options) - allowed)
-    if unknown:
-        raise recipe.field_error("data.options", f"dataset {recipe.data.name!r} has no option(s) {', '.join(unknown)} (its options: {', '.join(sorted(allowed))})")
-
-
-def plan(spec_path: str | Path, *, extra: list[str] | tuple[str, ...] = (), device: str | None = None,
-         check: bool = True) -> tuple[StudySpec, list[dict[str, Any]]]:
-    """Return the study spec and its points in grid order, every point's recipe validated.
-
-    A point is {"index", "slug", "labels": {axis: label}, "recipe": Recipe}. `extra` overrides
-    go last. With `check`, `validate_point` runs on every point (names, options, files).
-    """
-    spec_path = Path(spec_path)
-    data = read_yaml_mapping(spec_path, what="study")
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as err:
-        raise UserError(format_validation_error(err, source=spec_path.name, root=StudySpec)) from None
-    grid = axes(spec)
-    _check_headline(spec, grid, spec_path.name)
-    points = []
-    combos = list(itertools.product(*grid.values()))
-    for i, combo in enumerate(combos):
-        labels = {axis: label for axis, (label, _) in zip(grid, combo)}
-        slug = "-".join(_slug_part(label) for label in labels.values())[:120]
-        overrides = [*spec.set, *(o for _, values in combo for o in values)]
-        where = f"{spec_path.name}: grid point {i + 1}/{len(combos)} ({', '.join(f'{a}={v}' for a, v in labels.items())})"
-        try:
-            recipe = load_recipe(spec.recipe, overrides=[*overrides, f"name={spec.name}-{slug}", *extra])
-            if check:
-                validate_point(recipe, device=device)
-        except UserError as err:
-            raise UserError(f"{where}: {err}") from None
-        points.append({"index": i, "slug": slug, "labels": labels, "recipe": recipe})
-    slugs = [p["slug"] for p in points]
-    if len(set(slugs)) != len(slugs):
-        raise UserError(f"{spec_path.name}: grid: two combinations give the same run name; make the values distinguishable")
-    return spec, points
 
 
 def _duration(seconds: float) -> str:
@@ -344,273 +245,3 @@ def progress_line(name: str, points: list[dict[str, Any]], statuses: dict[str, s
         average = sum(timed) / len(timed)
         text += f", about {_duration(average * left)} left at the measured {average:.0f} s per run"
     return text
-
-
-# -- rendering from the run directories --------------------------------------------------------
-
-
-def _error_file(out: Path, slug: str) -> Path:
-    """Where a point that failed before writing its run directory keeps its one-line error."""
-    return out / ".errors" / f"{slug}.txt"
-
-
-def _read_point(out: Path, slug: str) -> dict[str, Any] | None:
-    from prunekit.report import read_metrics
-
-    if not (out / slug / "metrics.json").exists():
-        if _error_file(out, slug).is_file():
-            return {"status": "failed", "error": _error_file(out, slug).read_text(encoding="utf-8", errors="replace")}
-        return None
-    try:
-        return read_metrics(out / slug)
-    except UserError as err:
-        return {"status": "failed", "error": str(err)}
-
-
-def _removed(m: dict[str, Any]) -> float | None:
-    """Fraction of the dense model's parameters removed, zeroed or physically: 1 - final non-zero / baseline params.
-
-    (Against the baseline's dense count, not its non-zero count: an untrained baseline's zero
-    biases would otherwise make a dense run look like it added parameters.)
-    """
-    base, final = (m.get("baseline") or {}).get("params"), (m.get("final") or {}).get("nonzero_params")
-    if isinstance(base, (int, float)) and isinstance(final, (int, float)) and base > 0:
-        return 1.0 - float(final) / float(base)
-    value = (m.get("achieved") or {}).get("nonzero_params")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _top1(m: dict[str, Any] | None) -> float | None:
-    if not m or m.get("status") != "complete":
-        return None
-    value = (m.get("final") or {}).get("top1")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    return "-" if not isinstance(value, (int, float)) else format(value, fmt)
-
-
-def study_table(record: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> str:
-    """Return the markdown table of every point: its labels, status and the final numbers."""
-    from prunekit.report import human
-
-    axes_ = list(record["points"][0]["labels"]) if record["points"] else []
-    header = [*axes_, "status", "method", "target", "top-1 final (%)", "params removed", "params final",
-              "non-zero params", "MACs final", "latency final / base (ms)", "wall (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * (len(axes_) + 3) + [" ---: "] * 7) + "|"]
-    for p in record["points"]:
-        m = results.get(p["slug"])
-        labels = [p["labels"][a] for a in axes_]
-        if m is None:
-            lines.append("| " + " | ".join([*labels, "not run"] + ["-"] * 9) + " |")
-            continue
-        if m.get("status") != "complete":
-            why = m.get("error") or f"stopped at stage {m.get('stage') or '?'}"
-            status = f"**{m.get('status')}**: {' '.join(str(why).split())[:120]}".replace("|", "/")
-            lines.append("| " + " | ".join([*labels, status, str(m.get("method")), str(m.get("target") or "-")] + ["-"] * 7) + " |")
-            continue
-        f = m.get("final") or {}
-        b = m.get("baseline") or {}
-        removed = _removed(m)
-        lines.append("| " + " | ".join([
-            *labels, "complete", str(m.get("method")), str(m.get("target") or "-"), _fmt(f.get("top1"), ".2f"),
-            "-" if removed is None else f"{100 * removed:.1f}%", human(f.get("params")), human(f.get("nonzero_params")),
-            human(f.get("macs")), f"{_fmt(f.get('latency_ms'), '.2f')} / {_fmt(b.get('latency_ms'), '.2f')}",
-            _fmt((m.get("wall_time_s") or {}).get("total"), ".0f"),
-        ]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def headline(record: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """Return one row per (panel, method): per arm the dense top-1 and the largest fraction of
-    parameters removed with top-1 within `within` points of it, and the ratio between the arms.
-
-    A row's `best[arm]` is None when no pruned level of that arm stays within; `ratio` is
-    best[first arm] / best[second arm] when both are positive (first and second in grid order).
-    """
-    h = record.get("headline")
-    if not h:
-        return []
-    arms_axis, panels_axis, dense, within = h["arms"], h.get("panels"), h["dense"], float(h.get("within", 1.0))
-    points = record["points"]
-    arms = list(dict.fromkeys(p["labels"][arms_axis] for p in points))
-    panels = list(dict.fromkeys(p["labels"][panels_axis] for p in points)) if panels_axis else [None]
-    rows = []
-    for panel in panels:
-        def group(arm: str) -> list[dict[str, Any]]:
-            return [p for p in points if p["labels"][arms_axis] == arm and (panel is None or p["labels"][panels_axis] == panel)]
-
-        refs = {}
-        for arm in arms:
-            ref = next((p for p in group(arm) if all(p["labels"][a] == v for a, v in dense.items())), None)
-            refs[arm] = _top1(results.get(ref["slug"])) if ref else None
-        methods = list(dict.fromkeys(
-            str((results.get(p["slug"]) or {}).get("method")) for arm in arms for p in group(arm)
-            if results.get(p["slug"]) and not all(p["labels"][a] == v for a, v in dense.items())))
-        for method in methods:
-            row: dict[str, Any] = {"panel": panel, "method": method, "dense_top1": refs, "best": {}, "levels": {}}
-            for arm in arms:
-                tried = []
-                for p in group(arm):
-                    m = results.get(p["slug"])
-                    if not m or str(m.get("method")) != method or _top1(m) is None or _removed(m) is None:
-                        continue
-                    tried.append((_removed(m), _top1(m)))
-                row["levels"][arm] = sorted(tried)
-                ok = [r for r, t in tried if refs[arm] is not None and t >= refs[arm] - within]
-                row["best"][arm] = max(ok) if ok else None
-            first, second = (row["best"].get(a) for a in (arms + [None, None])[:2])
-            row["ratio"] = first / second if first and second else None
-            rows.append(row)
-    return rows
-
-
-def headline_markdown(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """Return the headline table as markdown (empty without a headline section)."""
-    h = record.get("headline")
-    if not h or not rows:
-        return ""
-    arms = list(dict.fromkeys(p["labels"][h["arms"]] for p in record["points"]))
-    within = h.get("within", 1.0)
-    header = [h.get("panels") or "", "method", *(f"{a}: dense top-1 (%)" for a in arms),
-              *(f"{a}: params removed within {within:g} pt" for a in arms), f"ratio {arms[0]} / {arms[1]}" if len(arms) > 1 else "ratio"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(header) - 2)) + "|"]
-    for row in rows:
-        best = []
-        for a in arms:
-            value, levels = row["best"].get(a), row["levels"].get(a) or []
-            if row["dense_top1"].get(a) is None:
-                best.append("no dense run")
-            elif value is None:
-                best.append("none of the levels tried" if levels else "no runs")
-            else:
-                best.append(f"{100 * value:.1f}%" + (" (the largest level tried)" if value == max(r for r, _ in levels) else ""))
-        lines.append("| " + " | ".join([
-            str(row["panel"] or "-"), row["method"], *(_fmt(row["dense_top1"].get(a), ".2f") for a in arms), *best,
-            _fmt(row["ratio"], ".2f") if row["ratio"] is not None else "-",
-        ]) + " |")
-    note = (f"\n- params removed: 1 - final non-zero parameters / the dense model's parameters (zeroed by unstructured, "
-            f"removed by structured methods), the largest among the levels tried whose final top-1 is at most {within:g} point(s) below "
-            f"that arm's own dense model (the `{', '.join(f'{k}={v}' for k, v in h['dense'].items())}` run, same training).\n")
-    return "\n".join(lines) + "\n" + note
-
-
-def plot_arms(record: dict[str, Any], results: dict[str, dict[str, Any] | None], rows: list[dict[str, Any]]) -> dict[str, bytes]:
-    """Return {panel: PNG}: final top-1 against parameters removed, one curve per arm and method."""
-    h = record.get("headline")
-    if not h or not rows:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prunekit.report import png_bytes
-
-    arms = list(dict.fromkeys(p["labels"][h["arms"]] for p in record["points"]))
-    colours = dict(zip(arms, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
-    styles = ["-", "--", ":", "-."]
-    out = {}
-    for panel in dict.fromkeys(r["panel"] for r in rows):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        drawn = False
-        for j, row in enumerate(r for r in rows if r["panel"] == panel):
-            for arm in arms:
-                dense_top1 = row["dense_top1"].get(arm)
-                pts = ([(0.0, dense_top1)] if dense_top1 is not None else []) + list(row["levels"].get(arm) or [])
-                if not pts:
-                    continue
-                drawn = True
-                ax.plot([100 * x for x, _ in pts], [y for _, y in pts], styles[j % len(styles)], marker="o", ms=4,
-                        color=colours.get(arm), label=f"{arm}, {row['method']}")
-                if j == 0 and dense_top1 is not None:
-                    ax.axhline(dense_top1 - float(h.get("within", 1.0)), color=colours.get(arm), lw=0.8, alpha=0.5)
-        if not drawn:
-            plt.close(fig)
-            continue
-        ax.set(xlabel="parameters removed (%)", ylabel="final top-1 (%)",
-               title=f"{panel}: accuracy vs parameters removed" if panel else "accuracy vs parameters removed")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out[str(panel or "all")] = png_bytes(fig)
-    return out
-
-
-def render_study(out_dir: str | Path) -> dict[str, Any]:
-    """Re-render `study.md` and the plots of a study directory from its run directories.
-
-    Returns {"path", "table", "headline"}; a directory without study.json is a `UserError`.
-    """
-    from prunekit.io import atomic_write
-
-    out = Path(out_dir)
-    path = out / STUDY_FILE
-    if not path.is_file():
-        raise UserError(f"{out}: not a study directory (no {STUDY_FILE}; prunekit study writes it)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        record["points"] = [{"slug": str(p["slug"]), "labels": dict(p["labels"])} for p in record["points"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: unreadable ({' '.join(str(err).split())[:200]})") from None
-    results = {p["slug"]: _read_point(out, p["slug"]) for p in record["points"]}
-    table = study_table(record, results)
-    rows = headline(record, results)
-    head = headline_markdown(record, rows)
-    done = sum(1 for m in results.values() if m and m.get("status") == "complete")
-    parts = [f"# study `{record.get('name')}`\n",
-             f"base recipe `{record.get('recipe')}`; {done}/{len(results)} runs complete. "
-             f"Re-render with `prunekit report {out}`.\n"]
-    for old in out.glob("accuracy_vs_params-*.png"):
-        old.unlink()
-    plots = plot_arms(record, results, rows)
-    if head:
-        parts += ["## Headline\n", head]
-    for panel, png in plots.items():
-        name = f"accuracy_vs_params-{_slug_part(panel)}.png"
-        atomic_write(out / name, png)
-        parts.append(f"![{panel}]({name})\n")
-    parts += ["## Runs\n", table]
-    png = plot_tradeoff([m for m in results.values() if m])
-    if png is not None:
-        atomic_write(out / "tradeoff.png", png)
-        parts.append("![tradeoff](tradeoff.png)\n")
-    text = "\n".join(parts)
-    atomic_write(out / "study.md", text.encode("utf-8"))
-    return {"path": out / "study.md", "table": table, "headline": head}
-
-
-def plot_tradeoff(all_metrics: list[dict[str, Any]]) -> bytes | None:
-    """Return a PNG of the final primary metric (top-1 % for classification) against final MACs per
-    image, one series per method, or None."""
-    from prunekit.report import primary_label, primary_metric, primary_value
-
-    points: dict[str, list[tuple[float, float]]] = {}
-    baselines = []
-    for m in all_metrics:
-        if m.get("status") != "complete":
-            continue
-        try:
-            points.setdefault(str(m.get("method")), []).append((float(m["final"]["macs"]), float(primary_value(m["final"], m))))
-            baselines.append((float(m["baseline"]["macs"]), float(primary_value(m["baseline"], m))))
-        except (KeyError, TypeError, ValueError):
-            continue
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prunekit.report import png_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, pts in sorted(points.items()):
-        pts.sort()
-        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker="o", label=method)
-    ax.scatter([b[0] / 1e6 for b in baselines], [b[1] for b in baselines], marker="*", s=90, color="black", label="baseline")
-    primary = primary_metric(next(m for m in all_metrics if m.get("status") == "complete"))
-    ax.set(xlabel="MACs per image (millions)", ylabel=f"final {primary_label(primary)}", title="accuracy vs MACs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return png_bytes(fig)
