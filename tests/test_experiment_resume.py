@@ -197,3 +197,17 @@ def test_a_diverged_stage_resumes_with_new_settings_and_the_change_is_recorded(t
     assert done["status"] == "complete" and (out / "state" / "baseline.pt").read_bytes() == baseline
     assert [(c["field"], c["to"]) for c in done["resume_changes"]] == [("finetune.lr", 0.01)]
     assert done["resume_changes"][0]["from"] == 1.0e30
+
+
+def test_a_full_disk_while_logging_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from prunekit.errors import UserError
+    from prunekit.experiment import rundir
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir, "open", full, raising=False)
+    with pytest.raises(UserError, match=r"no space left on device writing .*log\.jsonl: nothing was written"):
+        rundir.RunDir(tmp_path / "run").log({"event": "x"})

@@ -21,6 +21,7 @@ and a directory holding only such files counts as empty.
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 from datetime import datetime, timezone
@@ -180,9 +181,15 @@ class RunDir:
         """Append one JSON line to log.jsonl (a torn last line, from a kill, is skipped by readers)."""
         if not self.writer:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / report_mod.LOG_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": now(), **row}, default=report_mod.jsonable) + "\n")
+        path = self.path / report_mod.LOG_FILE
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"time": now(), **row}, default=report_mod.jsonable) + "\n")
+        except OSError as err:  # a full disk: one line naming the file, as for every other write
+            from prunekit.safe_load import write_error
+
+            raise (write_error(err, os.fspath(path)) or err) from None
 
     @property
     def log_path(self) -> Path:
