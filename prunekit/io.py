@@ -39,27 +39,6 @@ FORMAT = "prunekit.model/1"
 
 # --------------------------------------------------------------------------- save / load
 
-def _plain_data_error(obj: Any, where: str) -> str | None:
-    """Return where `obj` holds something other than JSON-like plain data, or None."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return None
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            err = _plain_data_error(v, f"{where}[{i}]")
-            if err:
-                return err
-        return None
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                return f"{where} has the non-string key {k!r}"
-            err = _plain_data_error(v, f"{where}.{k}")
-            if err:
-                return err
-        return None
-    return f"{where} is a {type(obj).__name__}"
-
-
 def _bake_masks(model: nn.Module) -> nn.Module:
     """Return `model`, or a deep copy with every torch.nn.utils.prune mask made permanent."""
     from torch.nn.utils import prune
@@ -86,14 +65,14 @@ def save(model: nn.Module, path: str | os.PathLike) -> str:
     builder = getattr(model, "prunekit_builder", None)
     if not isinstance(builder, dict) or "name" not in builder:
         raise UserError(f"cannot save {type(model).__name__} to {os.fspath(path)}: it has no prunekit_builder; build it with prunekit.models.create so that it can be rebuilt without pickle")
-    err = _plain_data_error(builder, "builder")
+    err = safe_load.plain_data_error(builder, "builder")
     if err:
         raise UserError(f"cannot save to {os.fspath(path)}: {err}, not plain data; build the model with plain-data arguments (numbers, strings, lists) so that it can be rebuilt without pickle")
     ops = list(getattr(model, "prunekit_ops", []))
     for i, op in enumerate(ops):
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise TypeError(f"prunekit_ops[{i}] must be a dict with a string 'op', got {op!r:.80}")
-        err = _plain_data_error(op, f"prunekit_ops[{i}]")
+        err = safe_load.plain_data_error(op, f"prunekit_ops[{i}]")
         if err:
             raise TypeError(f"{err}, not plain data")
         REPLAYS.get(op["op"])  # fail now, not at load time, if nothing can replay it

@@ -132,8 +132,9 @@ def read_torch_file(path: str | os.PathLike, *, what: str = "a torch file (model
 # prunekit model files
 
 
-def _plain(obj: Any, where: str, depth: int = 0) -> str | None:
-    """Return where `obj` holds something other than finite JSON-like plain data, or None."""
+def plain_data_error(obj: Any, where: str, depth: int = 0) -> str | None:
+    """Return where `obj` holds something other than finite JSON-like plain data, or None
+    (`prunekit.io.save` checks what it writes with it, `check_model_file` what it reads)."""
     if depth > limits.MAX_NESTING:
         return f"{where} is nested too deeply"
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -142,7 +143,7 @@ def _plain(obj: Any, where: str, depth: int = 0) -> str | None:
         return None if math.isfinite(obj) else f"{where} is {obj!r}, not a finite number"
     if isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            err = _plain(v, f"{where}[{i}]", depth + 1)
+            err = plain_data_error(v, f"{where}[{i}]", depth + 1)
             if err:
                 return err
         return None
@@ -150,7 +151,7 @@ def _plain(obj: Any, where: str, depth: int = 0) -> str | None:
         for k, v in obj.items():
             if not isinstance(k, str):
                 return f"{where} has the non-string key {k!r:.40}"
-            err = _plain(v, f"{where}.{k}", depth + 1)
+            err = plain_data_error(v, f"{where}.{k}", depth + 1)
             if err:
                 return err
         return None
@@ -210,7 +211,7 @@ def _check_ops(ops: list[Any], modules: dict[str, Any] | None, bad: Any, path: s
         where = f"ops[{i}]"
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise bad(f"{where} is not a dict with a string 'op'")
-        err = _plain(op, where)
+        err = plain_data_error(op, where)
         if err:
             raise bad(err)
         name = op["op"]
@@ -296,7 +297,7 @@ def check_model_file(obj: Any, path: str | os.PathLike) -> None:
     kwargs = builder.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise bad(f"builder.kwargs is a {type(kwargs).__name__}, not a mapping of keyword arguments")
-    err = _plain(kwargs, "builder.kwargs")
+    err = plain_data_error(kwargs, "builder.kwargs")
     if err:
         raise bad(err)
     _check_builder_kwargs(kwargs, bad)
