@@ -57,33 +57,11 @@ MODELS = {
 
 
 def tp_default(model: nn.Module, x: torch.Tensor, macs_target: float, *, iters: int = 14) -> nn.Module:
-    """Torch-Pruning's MetaPruner with its defaults; the uniform ratio bisected to remove `macs_target` of the MACs."""
-    import torch_pruning as tp
-
-    base = measure(model, x).macs
-
-    def prune(ratio: float) -> tuple[float, nn.Module]:
-        net = copy.deepcopy(model).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner = tp.pruner.MetaPruner(
-                net, x, importance=tp.importance.GroupMagnitudeImportance(), pruning_ratio=ratio,
-                ignored_layers=structure.classifier_layers(net, x),
-            )
-            pruner.step()
-        return 1 - measure(net, x).macs / base, net
-
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        got, net = prune(mid)
-        if best is None or abs(got - macs_target) < best[0]:
-            best = (abs(got - macs_target), net)
-        if got < macs_target:
-            lo = mid
-        else:
-            hi = mid
-    return best[1]
+    """Torch-Pruning's MetaPruner with its defaults, the uniform ratio bisected to remove `macs_target`
+    of the MACs: prunekit's reference method `tp_group_l2`, on a copy of `model`."""
+    net = copy.deepcopy(model).eval()
+    return prunekit.prune(net, method="tp_group_l2", target=f"macs={macs_target}", example_inputs=x,
+                          bisection_steps=iters).model
 
 
 def prunekit_variant(model: nn.Module, x: torch.Tensor, target: str, *, device: torch.device, timer: Any = None,

@@ -158,6 +158,8 @@ def test_tp_group_l2_meets_macs_target_and_saves():
     assert 0 < result.info["tp_ratio"] < 0.95
     with pytest.raises(prunekit.UserError, match="do not round"):
         prunekit.prune(prunekit.models.create("resnet20"), method="tp_group_l2", target="macs=0.5", example_inputs=x, round_to=8)
+    with pytest.raises(prunekit.UserError, match="bisection_steps"):
+        prunekit.methods.create("tp_group_l2", target="macs=0.5", bisection_steps=0)
 
 
 def test_tp_group_l2_model_round_trips(tmp_path):

@@ -48,6 +48,11 @@ class TorchPruningGroupL2(Method):
     units = ("params", "macs")
     description = "reference: Torch-Pruning's MetaPruner defaults (group L2, uniform ratio, no rounding)"
 
+    def configure(self, *, bisection_steps: int = _BISECTION_STEPS, **options: Any) -> dict[str, Any]:
+        if isinstance(bisection_steps, bool) or not isinstance(bisection_steps, int) or not 1 <= bisection_steps <= 64:
+            raise UserError(f"method {self.name!r}: bisection_steps must be an integer in 1..64, got {bisection_steps!r}")
+        return {"bisection_steps": bisection_steps, **super().configure(**options)}
+
     def finalize(self, model: nn.Module, *, example_inputs: Any, data: Batches | None = None) -> nn.Module:
         if self.target is None:
             raise UserError(f"method {self.name!r} needs a target, e.g. macs=0.5")
@@ -58,7 +63,7 @@ class TorchPruningGroupL2(Method):
         protected = self.protected(model, example_inputs)
         shapes = structure.output_shapes(model, example_inputs)
         lo, hi, best = 0.0, 0.95, None
-        for _ in range(_BISECTION_STEPS):
+        for _ in range(self.options["bisection_steps"]):
             mid = (lo + hi) / 2
             net, graph = _pruned_copy(model, example_inputs, mid, protected)
             got = 1.0 - getattr(measure(net, example_inputs), unit) / base
