@@ -11,6 +11,7 @@ matplotlib (Agg backend), one row per image, the box count above each panel.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from prunekit.data.folder import decode_rgb
+from prunekit.atomic import atomic_write
 from prunekit.errors import UserError
 
 
@@ -100,8 +102,10 @@ def dense_vs_pruned(dense: nn.Module, pruned: nn.Module, images: Sequence[str | 
             ax.set_title(f"{label}: {int((det['scores'] >= score).sum())} faces (score >= {score:g})", fontsize=9)
             ax.axis("off")
     fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_write(path, buffer.getvalue())  # a report never links a half-written picture
     return path

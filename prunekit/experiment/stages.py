@@ -200,6 +200,8 @@ class Final(Stage):
         m["achieved"] = achieved
         m["layers"] = results.layers(before, after)
         m["method_info"] = results.method_info(ctx.method, ctx.stage_methods if ctx.composite else [])
+        if ctx.recipe.report.plots:
+            task.report_pictures(dense=baseline_model, pruned=model, loader=ctx.data.test, run_dir=x.rundir.path)
         x.rundir.add_wall(self.name, time.perf_counter() - start)
         m["wall_time_s"]["total"] = round(sum(v for k, v in m["wall_time_s"].items() if k != "total"), 3)
         x.rundir.log({"event": "stage", "stage": self.name, "status": "done", primary.name: final[primary.name]})

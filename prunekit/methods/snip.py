@@ -346,6 +346,11 @@ class SnipChannel(Method):
         with scoring_state(model, train=True):
             for batch in take_batches(data, self.options["batches"], device=_device(model), method=self.name, task=self.task):
                 task_loss(self.task, model, batch).backward()
+            # A layer outside the loss (RetinaFace's landmark head on data without landmarks) gets no
+            # gradient; its connection sensitivity is zero, and Torch-Pruning's Taylor score needs a tensor.
+            for p in model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
             return group_scores(model, example_inputs, importance=taylor, ignore=self.ignore, protected=protected)
 
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:

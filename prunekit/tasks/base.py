@@ -17,6 +17,7 @@ engine. Methods, the trainer and the experiment never look inside a batch themse
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -155,6 +156,11 @@ class Task:
             raise UserError(f"task {self.name!r}: metrics lack the primary metric {self.primary.name!r} "
                             f"(have {', '.join(sorted(metrics))})")
         return float(metrics[self.primary.name])
+
+    def report_pictures(self, *, dense: nn.Module, pruned: nn.Module, loader: Iterable, run_dir: str | os.PathLike) -> list[str]:
+        """Draw pictures of `dense` beside `pruned` on a few evaluation samples into `run_dir` for
+        the run's report.md; return the PNG file names written (none by default)."""
+        return []
 
     def protected(self, model: nn.Module, example_inputs: Any) -> list[nn.Module]:
         """Return the modules whose output size must never change: by default every conv/linear

@@ -23,8 +23,10 @@ head convs of RetinaFace), so pruning never changes the number of anchors or out
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,8 @@ _OPTIONS = {
     "pos_iou": 0.35, "neg_pos_ratio": 7, "box_weight": 2.0, "landmark_weight": 1.0,
     # decoding and evaluation
     "score_threshold": 0.02, "nms_iou": 0.4, "top_k": 5000, "keep_top_k": 750, "iou_threshold": 0.5,
+    # report.md of a run: dense beside pruned on the first N evaluation images (0: no picture)
+    "report_images": 3,
 }
 
 
@@ -76,6 +80,9 @@ class Detection(Task):
                                               None if opts["top_k"] is None else int(opts["top_k"]),
                                               None if opts["keep_top_k"] is None else int(opts["keep_top_k"]))
             self.iou_threshold = float(opts["iou_threshold"])
+            self.report_images = opts["report_images"]
+            if isinstance(self.report_images, bool) or not isinstance(self.report_images, int) or self.report_images < 0:
+                raise ValueError(f"report_images must be a non-negative integer, got {self.report_images!r}")
         except (TypeError, ValueError, IndexError) as err:
             raise UserError(f"task 'detection': bad option ({err})") from None
         return opts
@@ -118,6 +125,21 @@ class Detection(Task):
         original images when `scales` says how each was resized)."""
         return detect(model(images), (int(images.shape[-2]), int(images.shape[-1])), scales=scales,
                       priors=self.priors, config=self.decode_config)
+
+    def report_pictures(self, *, dense: nn.Module, pruned: nn.Module, loader: Iterable, run_dir: str | os.PathLike) -> list[str]:
+        """Write detections.png (dense left, pruned right, on the first `report_images` images of
+        `loader`'s dataset, boxes of score >= 0.5) into `run_dir`; return ["detections.png"], or []
+        when the option is 0 or the dataset cannot hand out its original images."""
+        from prunekit.detection_plots import dense_vs_pruned
+
+        dataset = getattr(loader, "dataset", None)
+        while dataset is not None and not hasattr(dataset, "read_image"):
+            dataset = getattr(dataset, "ds", None) or getattr(dataset, "dataset", None)
+        if not self.report_images or dataset is None or len(dataset) == 0:
+            return []
+        images = [dataset.read_image(i) for i in range(min(self.report_images, len(dataset)))]
+        dense_vs_pruned(dense, pruned, images, Path(run_dir) / "detections.png", task=self)
+        return ["detections.png"]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu", amp: bool = True,
