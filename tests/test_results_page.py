@@ -27,3 +27,26 @@ def _record(top1_before, macs_before, top1_after, macs_after):
     return {"status": "complete", "method": "l1_filter", "target": "macs=0.5", "wall_time_s": {"total": 600},
             "baseline": side(top1_before, macs_before), "final": side(top1_after, macs_after),
             "achieved": {"params": 1 - macs_after / macs_before, "nonzero_params": 1 - macs_after / macs_before, "macs": 1 - macs_after / macs_before}}
+
+
+import detection_table  # noqa: E402
+
+
+def test_detection_page_matches_the_records():
+    assert detection_table.main(["--check"]) == 0, "docs/detection.md is stale: run python benchmarks/detection_table.py"
+
+
+def test_detection_table_renders_every_record_number():
+    side = lambda ap, params, macs: {"ap_easy": ap + 0.2, "ap_medium": ap + 0.1, "ap_hard": ap, "params": params,
+                                     "nonzero_params": params, "macs": macs, "nonzero_macs": macs}
+    record = {"status": "complete", "method_kind": "structured", "wall_time_s": {"total": 540.0},
+              "baseline": side(0.30, 426608, 245e6), "final": side(0.25, 132000, 96e6),
+              "achieved": {"nonzero_params": 0.6906, "channels": 0.5}, "method_info": {}}
+    latency = {"input": "1x3x480x640", "batch": 1, "threads": 1, "rounds": 5, "per_round": 5, "machine": "test CPU",
+               "measured_at": "2026-12-01T00:00:00+00:00",
+               "latency_ms": {"pretrained": {"eager": {"median": 160.0}}, "retinaface-snip-channel-quick": {"eager": {"median": 40.0}}}}
+    page = detection_table.render({"retinaface-snip-channel-quick": record}, latency)
+    assert "| 69.1 % | 50.0 % of channels | 132.0k (132.0k) | 96.0M (96.0M) |" in page
+    assert "0.300 → 0.250" in page and "| -5.0 |" in page
+    assert "| 40.0 | not timed |" in page and "| 160.0 | not timed |" in page
+    assert "Not yet run: `retinaface-dense-quick`" in page and "9.0-9.0 min" in page
