@@ -62,12 +62,12 @@ def prune(
     device = p.device if p is not None else torch.device("cpu")
     m.setup(MethodContext(task=task, example_inputs=example_inputs, device=device, batches=data,
                           log=log or (lambda _text: None)))
-    before = measure(model, example_inputs)
-    shapes = structure.output_shapes(model, example_inputs)
+    before = measure(model, example_inputs)  # its forward also gives the output shapes to check against
     pruned = m.at_init(model, example_inputs=example_inputs, data=data)
     pruned = m.finalize(pruned, example_inputs=example_inputs, data=data)
-    structure.check_outputs(pruned, example_inputs, before=shapes, what=f"method {method!r}")
     after = measure(pruned, example_inputs)
+    structure.check_outputs(pruned, example_inputs, before=list(before.output_shapes), after=list(after.output_shapes),
+                            what=f"method {method!r}")
     return PruneResult(
         model=pruned,
         before=before,

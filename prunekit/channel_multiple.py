@@ -205,6 +205,7 @@ def resolve_round_to(
     device: str | torch.device | None = None,
     runtime: str = "eager",
     timer: Timer | None = None,
+    graph: Any = None,
 ) -> RoundTo:
     """Return the channel multiple to use for `round_to` (None, a positive integer or "auto").
 
@@ -213,7 +214,8 @@ def resolve_round_to(
     above a quarter of the smallest prunable group (a 16-channel group keeps multiples of 4,
     never 0 channels). A `channels=` target is a per-group fraction that rounding would change,
     so "auto" leaves it exact (pass an integer to round anyway). The multiple is measured on
-    `runtime` (eager, onnxruntime, compile: where the model will run).
+    `runtime` (eager, onnxruntime, compile: where the model will run). `graph`: the model's
+    `structure.build_graph`, when the caller has one (the group sizes are read from it, no trace).
     """
     if round_to is None:
         return RoundTo(asked=None, value=None, reason="no rounding asked")
@@ -229,7 +231,7 @@ def resolve_round_to(
         return RoundTo(asked="auto", value=None, reason="a channels target is exact per group; not rounded")
     dev = torch.device(device) if device is not None else model_device(model)
     measured = measure_channel_multiple(device=dev, runtime=runtime, timer=timer)
-    sizes = [g.size for g in structure.channel_groups(model, example_inputs, ignore=ignore)]
+    sizes = [g.size for g in structure.channel_groups(model, example_inputs, ignore=ignore, graph=graph)]
     if not sizes:
         return RoundTo(asked="auto", value=None, measured=measured, reason="no prunable groups")
     limit = max(1, min(sizes) // 4)

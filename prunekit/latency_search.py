@@ -184,6 +184,7 @@ def prune_to_latency(
     pairs: int = 3,
     report: dict[str, Any] | None = None,
     protected: structure.Protected = None,
+    graph: Any = None,
 ) -> nn.Module:
     """Remove channels from `model` in place until its *measured* latency drops by `target`; return it.
 
@@ -199,7 +200,8 @@ def prune_to_latency(
     its channels, and no plan removes more than `max_macs_removed` of the MACs (default 0.75):
     when the target cannot be met within that, a warning says what limits the speed. When
     `report` (a dict) is given it is filled with a `LatencyReport`'s data. `protected` modules
-    (default: every output layer) keep their output size.
+    (default: every output layer) keep their output size. `graph`: the model's
+    `structure.build_graph` when the caller already traced it.
     """
     value = _latency_value(target)
     if not 0.0 < max_macs_removed <= 1.0:
@@ -207,7 +209,7 @@ def prune_to_latency(
     dev = torch.device(device) if device is not None else model_device(model)
     runtime = check_runtime(runtime, dev)
     timer = timer or default_timer(dev, batch_size=batch_size, runtime=runtime)
-    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected, graph=graph)
     search = _Search(planner, timer, importance, round_to, max_ratio)
     predicted0 = sum(search.current)
     before_ms = math.inf

@@ -59,6 +59,8 @@ class Measurement:
     channels: int
     size_bytes: int
     layers: tuple[LayerCount, ...] = field(default=(), repr=False, compare=False)
+    #: the shapes of the model's output tensors in the measured forward (for shape checks)
+    output_shapes: tuple[tuple[int, ...], ...] = field(default=(), repr=False, compare=False)
 
     def by_module(self) -> dict[str, LayerCount]:
         """Return the per-layer counts keyed by qualified module name."""
@@ -75,6 +77,7 @@ class Measurement:
         """Return the totals as a JSON-able dict (without the per-layer breakdown)."""
         d = asdict(self)
         d.pop("layers")
+        d.pop("output_shapes")
         d["sparsity"] = self.sparsity
         return d
 
@@ -114,7 +117,7 @@ def measure(model: nn.Module, example_inputs: Any) -> Measurement:
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            inputs.call(model, example_inputs)
+            outputs = inputs.call(model, example_inputs)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -159,6 +162,7 @@ def measure(model: nn.Module, example_inputs: Any) -> Measurement:
         channels=sum(layer.out_channels for layer in layers),
         size_bytes=size,
         layers=tuple(layers),
+        output_shapes=tuple(inputs.output_shapes(outputs)),
     )
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UserError
+from prunekit.gcpause import paused_gc
 
 #: the most of one channel group any plan removes (every group also keeps at least one channel)
 MAX_REMOVED = 0.95
@@ -215,6 +216,7 @@ class ChannelPlanner:
     for CNNs), `removed_fraction(plan, unit)` the fraction removed.
     """
 
+    @paused_gc()  # tens of thousands of small objects: see prunekit.gcpause
     def __init__(self, model: nn.Module, example_inputs: Any, *, ignore: Sequence[Any] = (), graph: Any = None,
                  protected: Sequence[Any] | None = None) -> None:
         from prunekit import structure
@@ -223,7 +225,7 @@ class ChannelPlanner:
         self.example_inputs = example_inputs
         self.graph = graph if graph is not None else structure.build_graph(model, example_inputs)
         #: qualified names of the layers whose output size must not change (default: the output layers)
-        self.protected = structure.protected_names(model, example_inputs, protected)
+        self.protected = structure.protected_names(model, example_inputs, protected, graph=self.graph)
         self.groups = structure.channel_groups(model, example_inputs, ignore=ignore, graph=self.graph,
                                                protected=self.protected)
         self.sizes = [g.size for g in self.groups]

@@ -29,11 +29,13 @@ def classifier_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
     return output_layers(model, example_inputs)
 
 
-def protected_layers(model: nn.Module, example_inputs: Any, protected: Protected = None) -> list[nn.Module]:
+def protected_layers(model: nn.Module, example_inputs: Any, protected: Protected = None, *, graph: Any = None) -> list[nn.Module]:
     """Return the modules whose output size must not change: `protected` (modules, or their qualified
-    names; "" is the model itself) or, when None, the output layers (`classifier_layers`)."""
+    names; "" is the model itself) or, when None, the output layers (`classifier_layers`; read from
+    `graph`'s trace when `structure.build_graph` recorded them)."""
     if protected is None:
-        return classifier_layers(model, example_inputs)
+        traced = getattr(graph, "prunekit_output_layers", None)
+        return list(traced) if traced is not None else classifier_layers(model, example_inputs)
     by_name = dict(model.named_modules())
     found: list[nn.Module] = []
     for item in protected:
@@ -46,10 +48,10 @@ def protected_layers(model: nn.Module, example_inputs: Any, protected: Protected
     return found
 
 
-def protected_names(model: nn.Module, example_inputs: Any, protected: Protected = None) -> list[str]:
+def protected_names(model: nn.Module, example_inputs: Any, protected: Protected = None, *, graph: Any = None) -> list[str]:
     """Return `protected_layers` as qualified names (they survive the deep copies a planner prunes)."""
     names = {m: n for n, m in model.named_modules()}
-    return [names[m] for m in protected_layers(model, example_inputs, protected) if m in names]
+    return [names[m] for m in protected_layers(model, example_inputs, protected, graph=graph) if m in names]
 
 
 def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
@@ -82,14 +84,16 @@ def _out_size(module: nn.Module | None) -> int | None:
 
 
 def check_outputs(model: nn.Module, example_inputs: Any, *, before: list[tuple[int, ...]],
-                  sizes: dict[str, int | None] | None = None, what: str = "pruning") -> None:
+                  sizes: dict[str, int | None] | None = None, what: str = "pruning",
+                  after: list[tuple[int, ...]] | None = None) -> None:
     """Raise `UserError` when `model`'s output shapes differ from `before` (or a protected module's
-    output size from `sizes`), naming the module; structural changes never change an output silently."""
+    output size from `sizes`), naming the module; structural changes never change an output silently.
+    `after`: the shapes now, when the caller already ran the model (else one forward here)."""
     changed = []
     if sizes:
         now = out_sizes(model, list(sizes))
         changed = [f"{name or '<model>'} ({sizes[name]} -> {now[name]})" for name in sizes if now[name] != sizes[name]]
-    after = output_shapes(model, example_inputs)
+    after = output_shapes(model, example_inputs) if after is None else after
     if not changed and after == before:
         return
     if not changed:

@@ -23,6 +23,7 @@ from torch import nn
 
 from prunekit import inputs
 from prunekit.errors import UserError
+from prunekit.gcpause import paused_gc
 from prunekit.importance import MagnitudeImportance, RandomImportance  # noqa: F401  (scorers, re-exported)
 from prunekit.protection import (  # noqa: F401  (part of structure's API)
     Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
@@ -67,18 +68,22 @@ def _recorder(model: nn.Module) -> tuple[dict[nn.Module, tuple[int, ...]], list[
     return shapes, order, [m.register_forward_hook(record) for m in model.modules() if isinstance(m, ROOT_TYPES)]
 
 
+@paused_gc()  # see prunekit.gcpause
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Return Torch-Pruning's DependencyGraph of `model`, traced with `example_inputs` (a tensor or a
     tuple of the model's positional inputs).
 
-    The trace also records, on the graph, every conv/linear layer's input shape and the order in
-    which they ran (`input_shapes` reads them instead of running the model again).
+    The trace (eval mode, autograd on) also records, on the graph, every conv/linear layer's input
+    shape and the order in which they ran (`input_shapes`), the output layers (`protected_layers`)
+    and the output shapes (`remove_planned`), so none of them runs the model again.
     """
+    from prunekit.tasks.base import OutputLayerRecorder
+
     shapes, order, hooks = _recorder(model)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), OutputLayerRecorder(model) as outputs:
             warnings.simplefilter("ignore")
             # forward_fn: one traced forward, model(x) or model(*x) for a tuple (Torch-Pruning's own
             # fallback would first try model(*x), an unbatched forward for a bare tensor).
@@ -91,6 +96,8 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
         for h in hooks:
             h.remove()
     graph.prunekit_shapes, graph.prunekit_order = shapes, order
+    graph.prunekit_output_layers = outputs.layers()
+    graph.prunekit_output_shapes = inputs.output_shapes(outputs.outputs)
     return graph
 
 
@@ -120,7 +127,7 @@ def ignored_layers(model: nn.Module, example_inputs: Any, *, ignore: Sequence[st
     """Return every layer whose output channels must not change: the user's `ignore`, the `protected`
     layers (default: every output layer, see `protected_layers`) and the builder-fixed layers. The one
     place that decides it (every planner and removal path uses it)."""
-    return resolve_ignore(model, ignore) + protected_layers(model, example_inputs, protected) + fixed_layers(model)
+    return resolve_ignore(model, ignore) + protected_layers(model, example_inputs, protected, graph=graph) + fixed_layers(model)
 
 
 def fixed_layers(model: nn.Module) -> list[nn.Module]:
@@ -215,6 +222,7 @@ def _record(model: nn.Module, graph: tp.DependencyGraph, example_inputs: Any) ->
     model.prunekit_ops = ops
 
 
+@paused_gc()
 def group_scores(planner: "ChannelPlanner", importance: Importance) -> list[torch.Tensor | None]:
     """Return one score tensor per group of `planner` (None where `importance` does not score the group)."""
     out: list[torch.Tensor | None] = []
@@ -239,6 +247,7 @@ def _lowest(scores: torch.Tensor, n: int, ch_groups: int) -> list[int]:
     return sorted(torch.argsort(scores, stable=True)[:n].tolist())
 
 
+@paused_gc()  # Torch-Pruning's index bookkeeping: see prunekit.gcpause
 def remove_planned(
     model: nn.Module,
     example_inputs: Any,
@@ -266,7 +275,7 @@ def remove_planned(
     graph = planner.graph
     if check and any(n > 0 for n in plan):
         sizes = out_sizes(model, planner.protected)
-        before = output_shapes(model, example_inputs)
+        before = getattr(graph, "prunekit_output_shapes", None) or output_shapes(model, example_inputs)
     else:
         check = False
     was_training = model.training
@@ -437,6 +446,7 @@ def prune_to_target(
     max_ratio: float | None = None,
     info: dict[str, Any] | None = None,
     protected: Protected = None,
+    graph: tp.DependencyGraph | None = None,
 ) -> nn.Module:
     """Remove channels until `target` (channels, params or macs, fraction removed) is met; return the model.
 
@@ -445,7 +455,8 @@ def prune_to_target(
     (global: one ranking of normalised scores) is bisected on that count, and with `round_to`
     every group's kept count is rounded up or down, chosen per group, so the total lands on the
     target (within `tolerance`, absolute, where the channel granularity allows; a warning says
-    otherwise). `info`, when given, receives the planned and the counted fraction.
+    otherwise). `info`, when given, receives the planned and the counted fraction. `graph`: the
+    model's `build_graph` when the caller already traced it.
     """
     from prunekit.planner import MAX_REMOVED, ChannelPlanner
 
@@ -456,7 +467,7 @@ def prune_to_target(
         raise UserError(f"structured pruning takes a target in channels, params or macs, not {target.unit!r}")
     _check_round_to(round_to)
     max_ratio = MAX_REMOVED if max_ratio is None else max_ratio
-    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected)
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected, graph=graph)
     scores = group_scores(planner, importance)
     unit, value = target.unit, target.value
     plan = planner.plan(scores, unit=unit, value=value, allocation=allocation, round_to=round_to, direction="best",
@@ -471,11 +482,6 @@ def prune_to_target(
             stacklevel=2,
         )
     return remove_planned(model, example_inputs, planner=planner, plan=plan, scores=scores)
-
-
-def _adopt(model: nn.Module, pruned: nn.Module) -> None:
-    """Make `model` (the caller's object) become `pruned`, so pruning stays in place."""
-    model.__dict__.update(pruned.__dict__)
 
 
 def kept_channels(model: nn.Module) -> dict[str, int]:

@@ -128,7 +128,8 @@ class Method:
             raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(options))}")
         return {}
 
-    def resolve_round_to(self, model: nn.Module, example_inputs: torch.Tensor, *, default: int | str | None = None) -> int | None:
+    def resolve_round_to(self, model: nn.Module, example_inputs: torch.Tensor, *, default: int | str | None = None,
+                         graph: Any = None) -> int | None:
         """Return the channel multiple for this method's `round_to` (`default` when it is None; an
         integer; or "auto", measured on the device by `prunekit.allocation.resolve_round_to`), or
         None for no rounding, and record how it was resolved in `info["round_to"]`."""
@@ -136,7 +137,7 @@ class Method:
 
         asked = default if self.round_to is None else self.round_to
         resolved = allocation.resolve_round_to(asked, model=model, example_inputs=example_inputs,
-                                               target=self.target, ignore=self.ignore, runtime=self.runtime)
+                                               target=self.target, ignore=self.ignore, runtime=self.runtime, graph=graph)
         self.info["round_to"] = resolved.to_dict()
         return resolved.value
 
@@ -167,6 +168,14 @@ class Method:
         for the structure functions' `protected=` (names survive the copies a planner makes)."""
         names = {m: n for n, m in model.named_modules()}
         return [names[m] for m in self.task.protected(model, example_inputs) if m in names]
+
+    def planner_protected(self, model: nn.Module, example_inputs: Any) -> list[str] | None:
+        """Return `protected` for a channel planner: None when the task keeps the default (its output
+        layers), which the planner reads from its own dependency-graph trace instead of running the
+        model once more; else the task's modules by name (`protected`)."""
+        if type(self.task).protected is tasks.Task.protected:
+            return None
+        return self.protected(model, example_inputs)
 
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:
         """Prepare `model` before training (e.g. SNIP masks); return the model to train (may be new)."""

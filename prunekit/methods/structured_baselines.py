@@ -45,14 +45,15 @@ class StructuredMethod(Method):
         from prunekit import allocation
 
         importance = self.importance(model, example_inputs=example_inputs, data=data)
-        round_to = self.resolve_round_to(model, example_inputs, default="auto")
-        protected = self.protected(model, example_inputs)
+        graph = structure.build_graph(model, example_inputs)  # one trace: the multiple's group sizes and the plan
+        round_to = self.resolve_round_to(model, example_inputs, default="auto", graph=graph)
+        protected = self.planner_protected(model, example_inputs)
         if self.target.unit == "latency":
             report: dict[str, Any] = {}
             model = allocation.prune_to_latency(
                 model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
                 round_to=round_to, report=report, runtime=self.runtime, max_macs_removed=self.options["max_macs_removed"],
-                protected=protected,
+                protected=protected, graph=graph,
             )
             self.info["latency"] = report
             if report.get("warning"):
@@ -69,6 +70,7 @@ class StructuredMethod(Method):
             allocation=self.options["allocation"],
             protected=protected,
             info=plan,
+            graph=graph,
         )
         self.info["plan"] = plan
         return model

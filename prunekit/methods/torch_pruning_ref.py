@@ -75,5 +75,5 @@ class TorchPruningGroupL2(Method):
         self.info["tp_ratio"] = ratio
         # the copy's surgery is recorded for save/load, then the caller's object becomes the copy
         structure._record(net, graph, example_inputs)
-        structure._adopt(model, net)
+        model.__dict__.update(net.__dict__)
         return model

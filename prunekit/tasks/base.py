@@ -217,6 +217,61 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
     return inputs.call(model, example_inputs)
 
 
+class OutputLayerRecorder:
+    """Hooks that record which conv/linear layer produced which autograd node during one forward,
+    and the model's outputs; `layers()` then walks back from the outputs (see `output_layers`).
+
+    Used as a context manager around any forward in eval mode with autograd on, so a caller that
+    runs one anyway (Torch-Pruning's trace in `structure.build_graph`) needs no second forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.produced: dict[Any, nn.Module] = {}
+        self.order: list[nn.Module] = []
+        self.outputs: Any = None
+        self._hooks: list[Any] = []
+
+    def _record(self, module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.order.append(module)
+        for t in _flat_tensors(output):
+            if t.grad_fn is not None:
+                self.produced.setdefault(t.grad_fn, module)
+
+    def _outputs(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.outputs = output
+
+    def __enter__(self) -> "OutputLayerRecorder":
+        self._hooks = [m.register_forward_hook(self._record) for m in self.model.modules() if isinstance(m, _ROOT_TYPES)]
+        self._hooks.append(self.model.register_forward_hook(self._outputs))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def layers(self) -> list[nn.Module]:
+        """Return the output layers of the recorded forward (the last layer run when the graph
+        cannot be walked, e.g. no parameter requires grad)."""
+        found: list[nn.Module] = []
+        seen: set[int] = set()
+        stack = [t.grad_fn for t in _flat_tensors(self.outputs) if t.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            module = self.produced.get(node)
+            if module is not None:
+                if module not in found:
+                    found.append(module)
+                continue
+            if type(node).__name__ == "AccumulateGrad":
+                continue
+            stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+        return found or self.order[-1:]
+
+
 def output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
     """Return the conv/linear layers whose outputs reach `model`'s outputs through ops that do not
     mix channels with another layer's weights (reshape, permute, cat, activations, norms, adds).
@@ -226,44 +281,14 @@ def output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
     walked through (their channels are coupled to the conv before them). Falls back to the last
     conv/linear layer run when the graph cannot be walked (e.g. no parameter requires grad).
     """
-    produced: dict[Any, nn.Module] = {}
-    order: list[nn.Module] = []
-
-    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        order.append(module)
-        for t in _flat_tensors(output):
-            if t.grad_fn is not None:
-                produced.setdefault(t.grad_fn, module)
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _ROOT_TYPES)]
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            outputs = call_model(model, example_inputs)
+        with OutputLayerRecorder(model) as recorder, torch.enable_grad():
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-    stack = [t.grad_fn for t in _flat_tensors(outputs) if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        module = produced.get(node)
-        if module is not None:
-            if module not in found:
-                found.append(module)
-            continue
-        if type(node).__name__ == "AccumulateGrad":
-            continue
-        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
-    if not found:
-        return order[-1:]
-    return found
+    return recorder.layers()
 
 
 # -- registry ---------------------------------------------------------------------------------
