@@ -18,9 +18,7 @@ Every number of the table comes from those committed records (tests/test_results
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -79,43 +77,16 @@ def measure_latency(*, rounds: int, per_round: int) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from speedup import forward_fn, time_variants
+    from latency_record import time_models
 
     from prunekit import io, models
 
-    torch.set_num_threads(1)
-    nets = {"pretrained": models.create("retinaface_mnet025", activation="relu", weights=str(CHECKPOINT)).eval()}
+    nets = {"pretrained": models.create("retinaface_mnet025", activation="relu", weights=str(CHECKPOINT))}
+    records = load_records()
     for stem, _ in ARMS:
-        if (RUNS / stem / "model.pt").exists() and stem in load_records():
-            nets[stem] = io.load(RUNS / stem / "model.pt").eval()
-    x = torch.randn(1, 3, 480, 640)
-    dev = torch.device("cpu")
-    out: dict[str, Any] = {"input": "1x3x480x640", "threads": 1, "batch": 1, "rounds": rounds, "per_round": per_round,
-                           "machine": f"{platform.machine()} {_cpu_name()}, {_cores()} cores",
-                           "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "latency_ms": {}}
-    for runtime in ("eager", "onnxruntime"):
-        fns = {k: forward_fn(v, x, device=dev, batch=1, runtime=runtime, threads=1) for k, v in nets.items()}
-        timed = time_variants(fns, device=dev, rounds=rounds, per_round=per_round)
-        for k, t in timed.items():
-            out["latency_ms"].setdefault(k, {})[runtime] = {"median": round(t["median_ms"], 3), "spread": round(t["spread"], 3)}
-        print(f"{runtime}: " + ", ".join(f"{k} {t['median_ms']:.1f} ms" for k, t in timed.items()), flush=True)
-    return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if (RUNS / stem / "model.pt").exists() and stem in records:
+            nets[stem] = io.load(RUNS / stem / "model.pt")
+    return time_models(nets, torch.randn(1, 3, 480, 640), rounds=rounds, per_round=per_round)
 
 
 def _pct(x: float | None) -> str:
@@ -171,7 +142,9 @@ def render(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None) -
     if latency:
         out += (f"\n\nLatency: {latency['input']}, batch {latency['batch']}, {latency['threads']} thread, median of "
                 f"{latency['rounds']} interleaved rounds x {latency['per_round']} calls, {latency['machine']}, "
-                f"{latency['measured_at'][:10]} (`results/detection/latency-640x480.json`).")
+                f"{latency['measured_at'][:10]}"
+                + (f", load average {latency['load_average'][0]:.1f}" if latency.get("load_average") else "")
+                + " (`results/detection/latency-640x480.json`).")
     walls = [m["wall_time_s"]["total"] for m in records.values() if isinstance(m.get("wall_time_s"), dict)]
     if walls:
         out += f" Wall time per arm: {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min."

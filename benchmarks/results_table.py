@@ -6,6 +6,9 @@ not there yet are listed as "not yet run". tests/test_results_page.py checks tha
 the records agree.
 
     python benchmarks/results_table.py               # rewrites docs/results.md
+    python benchmarks/results_table.py --latency     # first times every row's model.pt and the baseline side by
+                                                     # side (1 thread, batch 1, eager and ONNX Runtime) into
+                                                     # results/latency-cifar10.json, then rewrites the page
     python benchmarks/results_table.py --check       # exit 1 when docs/results.md is stale
 """
 
@@ -21,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results"
 RECIPES = REPO / "recipes" / "results"
 PAGE = REPO / "docs" / "results.md"
+RUNS = REPO / "runs" / "results"
+LATENCY = RECORDS / "latency-cifar10.json"
 
 TABLES = (
     ("ResNet-20, structured, half the MACs", "resnet20-", ("-macs0.5", "sfp")),
@@ -58,29 +63,56 @@ def _baseline_epochs(path: Path) -> Any:
         return "?"
 
 
-def row(stem: str, m: dict[str, Any]) -> str:
-    """Return one markdown table row for record `m`."""
+def measure_latency(records: dict[str, dict[str, Any]], *, rounds: int, per_round: int) -> dict[str, Any]:
+    """Time the baseline's and every recorded row's model.pt (runs/results/STEM/model.pt) side by side
+    at 1x3x32x32 on eager and ONNX Runtime; return the latency record."""
+    import torch
+    from latency_record import time_models
+
+    from prunekit import io
+
+    stems = [s for s in records if (RUNS / s / "model.pt").exists()]
+    if not stems:
+        raise SystemExit(f"no model files under {RUNS} to time")
+    return time_models({s: io.load(RUNS / s / "model.pt") for s in stems}, torch.randn(1, 3, 32, 32),
+                       rounds=rounds, per_round=per_round)
+
+
+def _pair(latency: dict[str, Any] | None, stem: str, runtime: str) -> tuple[float, float] | None:
+    """(baseline ms, row ms) on `runtime` from the side-by-side record, or None."""
+    lat = (latency or {}).get("latency_ms", {})
+    base, mine = lat.get("resnet20-baseline", {}).get(runtime), lat.get(stem, {}).get(runtime)
+    return (base["median"], mine["median"]) if base and mine else None
+
+
+def row(stem: str, m: dict[str, Any], latency: dict[str, Any] | None = None) -> str:
+    """Return one markdown table row for record `m` (latency from the side-by-side record when it
+    has the row, else the run's own interleaved timing)."""
     b, f, a = m["baseline"], m["final"], m["achieved"]
-    speed = b["latency_ms"] / f["latency_ms"] if f.get("latency_ms") else None
+    eager = _pair(latency, stem, "eager") or ((b["latency_ms"], f["latency_ms"]) if f.get("latency_ms") else None)
+    speed = eager[0] / eager[1] if eager else None
     macs_ratio = b["macs"] / f["macs"] if f.get("macs") else None
     per_mac = f"{speed / macs_ratio:.2f}" if speed and macs_ratio else "-"
-    ort = (f"{b['latency_onnxruntime_ms']:.2f} -> {f['latency_onnxruntime_ms']:.2f}"
-           if "latency_onnxruntime_ms" in f and "latency_onnxruntime_ms" in b else "not recorded")
+    ort_pair = _pair(latency, stem, "onnxruntime")
+    ort = (f"{ort_pair[0]:.2f} -> {ort_pair[1]:.2f} ({ort_pair[0] / ort_pair[1] / macs_ratio:.2f})"
+           if ort_pair and macs_ratio else "not recorded")
+    eager_text = f"{eager[0]:.2f} -> {eager[1]:.2f}" if eager else "-"
     target = m.get("target") or "-"
     minutes = m.get("wall_time_s", {}).get("total", 0) / 60
     return (f"| [{m['method']}](../recipes/results/{stem}.yaml) | {target} | {b['top1']:.2f} | {f['top1']:.2f} | "
             f"{b['top1'] - f['top1']:+.2f} | {_human(f['params'])} ({100 * a['params']:.1f} %) | "
             f"{_human(f['nonzero_params'])} ({100 * a['nonzero_params']:.1f} %) | {_human(f['macs'])} ({100 * a['macs']:.1f} %) | "
-            f"{b['latency_ms']:.2f} -> {f['latency_ms']:.2f} | {per_mac} | {ort} | {minutes:.0f} |")
+            f"{eager_text} | {per_mac} | {ort} | {minutes:.0f} |")
 
 
 HEADER = ("| method | target | top-1 before | top-1 after | drop (points) | params (removed) | non-zero params (removed) "
-          "| MACs (removed) | CPU ms eager, batch 1, 1 thread | speedup per MAC removed | ONNX Runtime ms | wall min |\n"
+          "| MACs (removed) | CPU ms eager, batch 1, 1 thread | speedup per MAC removed | ONNX Runtime ms (speedup per MAC removed) | wall min |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
-def render(records: dict[str, dict[str, Any]], recipes: list[str]) -> str:
-    """Return the whole page for `records` (complete runs) and `recipes` (every row's stem)."""
+def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict[str, Any] | None = None) -> str:
+    """Return the whole page for `records` (complete runs), `recipes` (every row's stem) and the
+    side-by-side `latency` record (None: each run's own timing)."""
     lines = [
         "# Results: every method on the whole of CIFAR-10",
         "",
@@ -88,10 +120,19 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str]) -> str:
         "`prunekit run` of `recipes/results/STEM.yaml`, made by `python benchmarks/run_results.py`); do not edit by hand.",
         "Data: the JPEG copy of CIFAR-10 (`../shared/data/cifar10-jpeg.tar.xz`), whole train (50,000) and test (10,000)",
         "splits. Every row starts from the same baseline run and gets the same budget of training epochs after it",
-        "(see `benchmarks/results_recipes.py`). Latency: measured by each run on its machine (the project's 2-core",
-        "CPU machine, 1 thread, batch 1, median), baseline and pruned timed interleaved in the same run.",
+        "(see `benchmarks/results_recipes.py`).",
         "",
     ]
+    if latency:
+        lines += [f"Latency: every row's model and the baseline timed side by side in one session ({latency['machine']}, "
+                  f"{latency['measured_at'][:16].replace('T', ' ')} UTC, load average {latency['load_average'][0]:.1f}, "
+                  f"{latency['threads']} thread, batch {latency['batch']}, input {latency['input']}, median of "
+                  f"{latency['rounds']} interleaved rounds x {latency['per_round']} calls; `results/latency-cifar10.json`, "
+                  "made by `python benchmarks/results_table.py --latency`). Speedup per MAC removed = (dense ms / pruned ms) / "
+                  "(dense MACs / pruned MACs). Rows not in that record show their run's own eager timing.", ""]
+    else:
+        lines += ["Latency: measured by each run on its machine (the project's 2-core CPU machine, 1 thread, batch 1, "
+                  "median), baseline and pruned timed interleaved in the same run.", ""]
     base = records.get("resnet20-baseline")
     if base:
         f = base["final"]
@@ -107,7 +148,7 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str]) -> str:
         if not stems:
             continue
         lines += [f"## {title}", ""]
-        done = [row(stem, records[stem]) for stem in stems if stem in records]
+        done = [row(stem, records[stem], latency) for stem in stems if stem in records]
         missing = [stem for stem in stems if stem not in records]
         if done:
             lines += [HEADER, *done, ""]
@@ -119,9 +160,19 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 when docs/results.md differs from the records")
+    p.add_argument("--latency", action="store_true", help="time every row's model side by side first (needs runs/results)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--per-round", type=int, default=20)
     args = p.parse_args(argv)
     recipes = sorted(path.stem for path in RECIPES.glob("*.yaml"))
-    text = render(load_records(), recipes)
+    records = load_records()
+    if args.latency:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from prunekit.atomic import atomic_write_text
+
+        atomic_write_text(LATENCY, json.dumps(measure_latency(records, rounds=args.rounds, per_round=args.per_round), indent=1) + "\n")
+    latency = json.loads(LATENCY.read_text()) if LATENCY.exists() else None
+    text = render(records, recipes, latency)
     if args.check:
         current = PAGE.read_text() if PAGE.exists() else ""
         if current != text:

@@ -50,3 +50,15 @@ def test_detection_table_renders_every_record_number():
     assert "0.300 → 0.250" in page and "| -5.0 |" in page
     assert "| 40.0 | not timed |" in page and "| 160.0 | not timed |" in page
     assert "Not yet run: `retinaface-dense-quick`" in page and "9.0-9.0 min" in page
+
+
+def test_side_by_side_latency_record_replaces_the_runs_own_timing():
+    records = {"resnet20-baseline": _record(88.0, 1.0, 88.0, 1.0), "resnet20-l1_filter-macs0.5": _record(88.0, 1.0, 86.5, 0.5)}
+    latency = {"machine": "test CPU", "measured_at": "2026-12-01T01:00:00+00:00", "load_average": [1.0, 1.0, 1.0],
+               "threads": 1, "batch": 1, "input": "1x3x32x32", "rounds": 5, "per_round": 20,
+               "latency_ms": {"resnet20-baseline": {"eager": {"median": 3.0}, "onnxruntime": {"median": 1.0}},
+                              "resnet20-l1_filter-macs0.5": {"eager": {"median": 2.0}, "onnxruntime": {"median": 0.625}}}}
+    page = results_table.render(records, ["resnet20-baseline", "resnet20-l1_filter-macs0.5"], latency)
+    # eager 3.0 -> 2.0 ms is 1.5x for 2x fewer MACs: 0.75; ONNX Runtime 1.6x: 0.80
+    assert "| 3.00 -> 2.00 | 0.75 | 1.00 -> 0.62 (0.80) |" in page
+    assert "timed side by side in one session (test CPU, 2026-12-01 01:00 UTC, load average 1.0" in page
