@@ -37,6 +37,8 @@ ARMS = (
     ("retinaface-dense-quick", "dense, fine-tuned (no pruning)"),
     ("retinaface-snip-quick", "SNIP, every layer"),
     ("retinaface-snip-nossh-quick", "SNIP, `ssh*` excluded"),
+    ("retinaface-snip-sparsity0.533-quick", "SNIP, every layer, lower total"),
+    ("retinaface-snip-nossh-samesparsity-quick", "SNIP, `ssh*` excluded, arm (a)'s sparsity"),
     ("retinaface-magnitude-quick", "global magnitude, every layer"),
     ("retinaface-snip-channel-quick", "snip_channel, every layer"),
     ("retinaface-snip-channel-nossh-quick", "snip_channel, `ssh*` excluded"),
