@@ -173,3 +173,13 @@ def test_launch_reruns_the_command_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="already one of 2"):
         launch_mod.launch(["run", "r.yaml", "--nproc", "2"], 2)
+
+
+def test_run_with_nproc_inside_torchrun_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    from prunekit.cli.main import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", str(tmp_path / "r.yaml"), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already one of 2" in err[0]

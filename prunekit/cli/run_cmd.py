@@ -54,10 +54,10 @@ def add_parser(sub: Any) -> None:
 def run(args: Any) -> int:
     from prunekit import distributed
 
-    if args.nproc is not None and args.nproc != 1 and not distributed.launched():
+    if args.nproc is not None and args.nproc != 1:
         from prunekit.cli.launch import launch
 
-        return launch(args.argv, args.nproc)
+        return launch(args.argv, args.nproc)  # under an outer torchrun it refuses (one launcher is enough)
     from prunekit.experiment import run_experiment
     from prunekit.recipe import load_recipe
 
