@@ -67,7 +67,7 @@ def num_classes_of(recipe: Any) -> int | None:
 def check_data(recipe: Any) -> None:
     """Raise a one-line `UserError` for an unknown dataset, split in data.subset, option, or a missing data root."""
     from prunekit import data
-    from prunekit.data.bundle import COMMON_OPTIONS
+    from prunekit.data.bundle import COMMON_OPTIONS, LOADER_OPTIONS
 
     d = recipe.data
     try:
@@ -78,9 +78,10 @@ def check_data(recipe: Any) -> None:
         unknown = [k for k in d.subset if k not in spec.splits]
         if unknown:
             raise _field(recipe, f"data.subset.{unknown[0]}", f"dataset {d.name!r} has no split {unknown[0]!r} (its splits: {', '.join(spec.splits)})")
-    unknown = sorted(set(d.options) - set(spec.options) - set(COMMON_OPTIONS))
+    unknown = sorted(set(d.options) - set(spec.options) - set(COMMON_OPTIONS) - set(LOADER_OPTIONS))
     if unknown:
-        raise _field(recipe, f"data.options.{unknown[0]}", f"dataset {d.name!r} has no option {unknown[0]!r} (its options: {', '.join([*spec.options, *COMMON_OPTIONS]) or 'none'})")
+        allowed = [*spec.options, *COMMON_OPTIONS, *LOADER_OPTIONS]
+        raise _field(recipe, f"data.options.{unknown[0]}", f"dataset {d.name!r} has no option {unknown[0]!r} (its options: {', '.join(allowed)})")
     if d.name in NO_ROOT or d.name.startswith("imagefolder:") or d.options.get("download"):
         return
     root = data.data_root(d.root)

@@ -98,7 +98,7 @@ def validate_point(recipe: Recipe, *, device: str | None = None) -> None:
 
     RunContext(recipe, device=device, progress=False)
     spec = data.dataset_spec(recipe.data.name)
-    allowed = {*spec.options, *data.COMMON_OPTIONS, "mean", "std", "pad", "flip"}
+    allowed = {*spec.options, *data.COMMON_OPTIONS, *data.LOADER_OPTIONS}
     unknown = sorted(set(recipe.data.options) - allowed)
     if unknown:
         raise recipe.field_error("data.options", f"dataset {recipe.data.name!r} has no option(s) {', '.join(unknown)} (its options: {', '.join(sorted(allowed))})")

@@ -20,6 +20,8 @@ from prunekit.errors import UserError, unknown_name
 
 #: options every dataset accepts besides its own
 COMMON_OPTIONS = ("download", "cache_dir")
+#: options every in-memory dataset's loader takes (normalisation and on-device augmentation, see `load`)
+LOADER_OPTIONS = ("mean", "std", "pad", "flip")
 
 
 def list_datasets() -> list[str]:
