@@ -147,7 +147,15 @@ def check_model(recipe: Any) -> None:
             structure.resolve_ignore(model, recipe.method.ignore)
         except UserError as err:
             raise _field(recipe, "method.ignore", err) from None
-    if m.weights is not None:
+    if models.is_imagenet(m.weights):
+        from prunekit.models import imagenet
+
+        try:  # an architecture without such weights, or (offline) a file neither cached nor downloadable
+            if not imagenet.weights_file(m.name, m.weights).is_file():
+                imagenet.imagenet_state_dict(m.name, m.weights, progress=False)
+        except UserError as err:
+            raise _field(recipe, "model.weights", err) from None
+    elif m.weights is not None:
         if not Path(m.weights).is_file():
             raise _field(recipe, "model.weights", f"no such file {m.weights} (relative paths resolve against the working directory)")
         try:

@@ -99,3 +99,36 @@ def test_a_damaged_cached_file_is_one_line(tmp_path, monkeypatch, offline):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match=FILE):
         models.create("mobilenet_v2", num_classes=101, weights="imagenet")
+
+
+def _imagenet_recipe(tmp_path, weights="imagenet"):
+    import yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "pretrained", "device": "cpu",
+        "data": {"name": "synthetic", "options": {"num_classes": 4, "image_size": 32, "train_size": 8, "test_size": 8}},
+        "model": {"name": "mobilenet_v2", "weights": weights, "small_input": True},
+        "method": {"name": "none"}, "finetune": {"epochs": 0}}))
+    return path
+
+
+def test_a_recipe_with_imagenet_weights_passes_preflight_when_the_file_is_cached(hub_with_file, offline, tmp_path):
+    from prunekit import preflight
+    from prunekit.recipe import load_recipe
+
+    preflight.check_run(load_recipe(_imagenet_recipe(tmp_path)))
+    assert offline == []  # the cached file is used, nothing downloaded
+    with pytest.raises(UserError, match="model.weights.*IMAGENET1K_V9"):
+        preflight.check_run(load_recipe(_imagenet_recipe(tmp_path, "imagenet:IMAGENET1K_V9")))
+
+
+def test_offline_without_the_file_a_run_is_one_line_before_its_directory(tmp_path, monkeypatch, offline, capsys):
+    from prunekit.cli.main import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    out = tmp_path / "run"
+    assert main(["run", str(_imagenet_recipe(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.weights" in err[0] and FILE in err[0]
+    assert not out.exists()
