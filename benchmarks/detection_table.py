@@ -109,8 +109,10 @@ def _human(n: float) -> str:
 def render(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None) -> str:
     """Return the markdown of the measured table (between the page's markers) for `records`."""
     lines = ["| arm | removed of all params | of the pruned layers | params (non-zero) | MACs (non-zero), 320x320 | "
-             "AP easy | AP medium | AP hard | hard drop (points) | eager ms | ONNX Runtime ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "AP easy | AP medium | AP hard | hard drop (points) | hard vs dense fine-tuned | eager ms | ONNX Runtime ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    dense = records.get(ARMS[0][0])
+    dense_hard = dense["final"]["ap_hard"] if dense else None
     lat = (latency or {}).get("latency_ms", {})
 
     def ms(key: str, runtime: str) -> str:
@@ -121,7 +123,7 @@ def render(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None) -
         first = next(iter(records.values()))
         b = first["baseline"]
         lines.append(f"| pretrained, before any arm | 0.0 % | - | {_human(b['params'])} | {_human(b['macs'])} | "
-                     f"{b['ap_easy']:.3f} | {b['ap_medium']:.3f} | {b['ap_hard']:.3f} | - | {ms('pretrained', 'eager')} | "
+                     f"{b['ap_easy']:.3f} | {b['ap_medium']:.3f} | {b['ap_hard']:.3f} | - | - | {ms('pretrained', 'eager')} | "
                      f"{ms('pretrained', 'onnxruntime')} |")
     for stem, arm in ARMS:
         m = records.get(stem)
@@ -132,10 +134,11 @@ def render(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None) -
         if of_pruned is None and m.get("method_kind") == "structured":
             of_pruned = a.get("channels")  # structured: the fraction of channels removed
         drop = 100 * (m["baseline"]["ap_hard"] - f["ap_hard"])
+        vs_dense = "-" if dense_hard is None or stem == ARMS[0][0] else f"{100 * (f['ap_hard'] - dense_hard):+.1f}"
         lines.append(f"| {arm} (`{stem}`) | {_pct(a['nonzero_params'])} | {_pct(of_pruned)}"
                      f"{' of channels' if m.get('method_kind') == 'structured' else ''} | "
                      f"{_human(f['params'])} ({_human(f['nonzero_params'])}) | {_human(f['macs'])} ({_human(f['nonzero_macs'])}) | "
-                     f"{_ap(m, 'easy')} | {_ap(m, 'medium')} | {_ap(m, 'hard')} | {-drop:+.1f} | "
+                     f"{_ap(m, 'easy')} | {_ap(m, 'medium')} | {_ap(m, 'hard')} | {-drop:+.1f} | {vs_dense} | "
                      f"{ms(stem, 'eager')} | {ms(stem, 'onnxruntime')} |")
     missing = [stem for stem, _ in ARMS if stem not in records]
     out = "\n".join(lines)
