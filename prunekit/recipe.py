@@ -69,7 +69,8 @@ class TrainSettings(_Section):
 class TaskSection(_Section):
     """What the model is trained and judged on (`prunekit.tasks.create`); `task: NAME` is short for `{name: NAME}`."""
 
-    name: str = Field("classification", description="a registered task (prunekit list tasks) or module:Class from your own code")
+    name: str | None = Field(None, description="a registered task (prunekit list tasks) or module:Class from your own code; "
+                             "default: the dataset's (detection for widerface, else classification)")
     options: dict[str, Any] = Field(default_factory=dict, description="the task's own options")
 
     @model_validator(mode="before")
@@ -79,7 +80,9 @@ class TaskSection(_Section):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
+    def _name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value or (":" in value and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value)):
             raise ValueError(f"{value!r} is neither a task name nor module:Class (e.g. mypkg.tasks:Regression)")
         return value
@@ -201,6 +204,16 @@ class Recipe(_Section):
     report: ReportSection = Field(default_factory=ReportSection)
 
     _source: str = PrivateAttr("recipe")
+
+    @model_validator(mode="after")
+    def _task_from_dataset(self) -> "Recipe":
+        # no task named: the dataset's own (widerface is judged as detection), written into the
+        # resolved recipe so a run directory says what it was judged on
+        if self.task.name is None:
+            from prunekit import data
+
+            self.task.name = data.default_task(self.data.name)
+        return self
 
     @field_validator("name")
     @classmethod

@@ -107,3 +107,32 @@ def test_report_images_option_is_checked():
         tasks.create("detection", report_images=-1)
     assert tasks.create("detection", report_images=0).report_pictures(
         dense=None, pruned=None, loader=None, run_dir=".") == []
+
+
+def test_a_widerface_recipe_without_a_task_is_judged_as_detection(wider):
+    from prunekit.recipe import load_recipe
+
+    recipe = yaml.safe_load(_recipe(wider, [], 0.5).read_text())
+    recipe.pop("task")
+    path = wider / "no-task.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert load_recipe(path).task.name == "detection"
+    recipe["data"] = {"name": "synthetic"}
+    path.write_text(yaml.safe_dump(recipe))
+    assert load_recipe(path).task.name == "classification"
+
+
+def test_evaluate_a_detector_on_widerface_needs_no_task_flag(capsys):
+    import os
+
+    root = Path(os.environ.get("PRUNEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    weights = root.parent / "weights" / "retinaface-mnet025-biubug6.pth"
+    if not (root / "widerface-val200").is_dir() or not weights.is_file():
+        pytest.skip("widerface-val200 or the RetinaFace checkpoint not found")
+    assert main(["evaluate", "retinaface_mnet025", "--weights", str(weights), "--data", "widerface",
+                 "--data-root", str(root), "--max-batches", "5", "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "detection" and out["metrics"]["images"] == 5 and out["params"] == 426608
+    # the first 5 val images, as docs/detection.md states them
+    m = out["metrics"]
+    assert (round(m["ap_easy"], 3), round(m["ap_medium"], 3), round(m["ap_hard"], 3)) == (1.0, 0.628, 0.255)

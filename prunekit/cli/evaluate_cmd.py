@@ -17,8 +17,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="data directory (default $PRUNEKIT_DATA, then the cache directory)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option, value parsed as YAML (repeatable), e.g. num_classes=4 for synthetic")
-    p.add_argument("--task", default="classification", metavar="NAME",
-                   help="task (prunekit list tasks) or module:Class from your own code (default classification)")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="task (prunekit list tasks) or module:Class from your own code (default: the dataset's, "
+                        "detection for widerface, else classification)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate on (default test)")
     p.add_argument("--weights", default=None, metavar="FILE", help="weights for a model built by name (a local checkpoint)")
     p.add_argument("--num-classes", type=int, default=None, help="outputs of a model built by name (default: the dataset's classes)")
@@ -45,7 +46,7 @@ def run(args: Any) -> int:
             raise UserError(f"{flag} {value} must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
-    task = tasks.create(args.task)
+    task = tasks.create(args.task or data.default_task(args.data))
     from_file = _is_file(args.model)
     if from_file and args.weights:
         raise UserError(f"--weights is for a model built by name; {args.model} is a saved model with its own weights")

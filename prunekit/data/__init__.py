@@ -9,7 +9,7 @@ imagefolder:PATH) go through DataLoader workers. See docs/data-and-training.md.
 """
 
 from prunekit.data.arrays import ArrayDataset
-from prunekit.data.bundle import COMMON_OPTIONS, LOADER_OPTIONS, DataBundle, create, dataset_spec, list_datasets, load
+from prunekit.data.bundle import COMMON_OPTIONS, LOADER_OPTIONS, DataBundle, create, dataset_spec, default_task, list_datasets, load
 from prunekit.data.catalog import CIFAR10_STATS, CIFAR100_STATS, DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetSpec
 from prunekit.data.folder import FolderDataset
 from prunekit.data.loaders import DeviceLoader, WorkerLoader
@@ -21,6 +21,7 @@ __all__ = [
     "CIFAR100_STATS",
     "COMMON_OPTIONS",
     "LOADER_OPTIONS",
+    "default_task",
     "DATASETS",
     "DataBundle",
     "DatasetSpec",

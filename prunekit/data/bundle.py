@@ -24,6 +24,16 @@ COMMON_OPTIONS = ("download", "cache_dir")
 LOADER_OPTIONS = ("mean", "std", "pad", "flip")
 
 
+def default_task(name: str) -> str:
+    """Return the task a recipe or `prunekit evaluate` uses on dataset `name` when none is named
+    (its spec's: detection for widerface; classification for a name prunekit does not know, whose
+    own error comes later)."""
+    try:
+        return dataset_spec(name).task
+    except UserError:
+        return "classification"
+
+
 def list_datasets() -> list[str]:
     """Return the registered dataset names, sorted (`imagefolder:PATH` is accepted besides these)."""
     return DATASETS.names()

@@ -66,6 +66,7 @@ class DatasetSpec:
     flip: bool  # whether a horizontal flip keeps the label (not for digits)
     build: Callable[[Request, dict[str, int | None]], dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific options and defaults
+    task: str = "classification"  # the task a recipe or `prunekit evaluate` uses when none is named
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -298,7 +299,7 @@ def _register_detection() -> None:
     DATASETS.add("widerface", DatasetSpec(
         name="widerface", kind="detection", description="WIDER FACE face detection, official layout (train/val, bbx_gt.txt, keep-list .mat)",
         splits=("train", "val"), test_split="val", mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), flip=True,
-        build=widerface.build, options=dict(widerface.OPTIONS)))
+        build=widerface.build, options=dict(widerface.OPTIONS), task="detection"))
 
 
 def imagefolder_spec(path: str) -> DatasetSpec:

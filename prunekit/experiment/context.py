@@ -100,10 +100,11 @@ class RunContext:
     # validation ----------------------------------------------------------------------------------
     def _create_task(self) -> tasks.Task:
         t = self.recipe.task
-        if ":" not in t.name and t.name not in tasks.list_tasks():
-            raise self.recipe.field_error("task.name", str(unknown_name("task", t.name, tasks.list_tasks())))
+        name = t.name or data.default_task(self.recipe.data.name)
+        if ":" not in name and name not in tasks.list_tasks():
+            raise self.recipe.field_error("task.name", str(unknown_name("task", name, tasks.list_tasks())))
         try:
-            return tasks.create(t.name, **t.options)
+            return tasks.create(name, **t.options)
         except UserError as err:
             field = "task.options" if "option" in str(err) else "task.name"
             raise self.recipe.field_error(field, str(err)) from None
@@ -295,3 +296,4 @@ class RunContext:
             task=self.task, example_inputs=self.example_inputs, device=torch.device(self.device),
             batches=self.batches(), retrain=retrain, evaluate=evaluate, log=log, out_dir=run.path,
         )
+
