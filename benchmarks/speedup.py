@@ -11,7 +11,10 @@ For each model and MACs target, every variant is timed on every runtime (`--runt
 - `prunekit-onnxruntime`  round_to="auto" measured on ONNX Runtime (the runtime the user names);
 - `latency-R`    `prunekit.prune(method="l1_filter", target="latency=T", runtime=R)`: the same
                  fraction of *measured time* removed on runtime R (the speedup the MACs target
-                 promises), within the default MACs bound (max_macs_removed 0.75).
+                 promises), within the default MACs bound (max_macs_removed 0.75);
+- `time-R`       `l1_filter` at the same `macs=T` with `allocation="time"`: the channels that save
+                 the most time measured on runtime R per importance lost (the latency search's
+                 price), stopped at the MACs target instead of a time target.
 
 speedup = dense ms / pruned ms; efficiency = speedup / (dense MACs / pruned MACs) (1.0 = the time
 fell exactly as the MACs did); both from the medians and from the fastest runs (on a shared
@@ -65,7 +68,8 @@ def tp_default(model: nn.Module, x: torch.Tensor, macs_target: float, *, iters: 
 
 
 def prunekit_variant(model: nn.Module, x: torch.Tensor, target: str, *, device: torch.device, timer: Any = None,
-                     round_to: int | str | None = None, runtime: str = "eager") -> tuple[nn.Module, dict[str, Any], float]:
+                     round_to: int | str | None = None, runtime: str = "eager",
+                     allocation_name: str = "uniform") -> tuple[nn.Module, dict[str, Any], float]:
     """Prune a copy of `model` on `device` with prunekit's l1_filter to `target`; return (model on CPU, info, seconds).
 
     `runtime` is where round_to="auto" and latency targets measure; `timer` (for latency targets)
@@ -76,7 +80,7 @@ def prunekit_variant(model: nn.Module, x: torch.Tensor, target: str, *, device: 
     with (allocation.use_timer(timer) if timer is not None else contextlib.nullcontext()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = prunekit.prune(net, method="l1_filter", target=target, example_inputs=x.to(device), round_to=round_to,
-                                runtime=runtime)
+                                runtime=runtime, allocation=allocation_name)
     return result.model.cpu().eval(), result.info, time.perf_counter() - started
 
 
@@ -178,6 +182,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rt_round = infos.get(f"prunekit-{rt}", infos["prunekit"])["round_to"]["value"] or 1
                     net, info, sec = prunekit_variant(dense, x, f"latency={t}", device=dev, timer=timer, round_to=rt_round, runtime=rt)
                     variants[f"latency-{rt}"], infos[f"latency-{rt}"], seconds[f"latency-{rt}"] = net, info, sec
+                    say(f"{name} macs={t} on {dev.type}: prunekit l1_filter macs={t}, allocation time measured on {rt}")
+                    net, info, sec = prunekit_variant(dense, x, f"macs={t}", device=dev, timer=timer, round_to=rt_round, runtime=rt,
+                                                      allocation_name="time")
+                    variants[f"time-{rt}"], infos[f"time-{rt}"], seconds[f"time-{rt}"] = net, info, sec
                 for rt in dev_runtimes:
                     say(f"{name} macs={t} on {dev.type}, {rt}: timing {len(variants)} variants")
                     fns = {k: forward_fn(v, x, device=dev, batch=batch, runtime=rt, threads=args.threads) for k, v in variants.items()}

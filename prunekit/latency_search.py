@@ -315,6 +315,68 @@ def prune_to_latency(
     return model
 
 
+def prune_to_target_by_time(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    importance: structure.Importance,
+    target: Target | str,
+    ignore: Sequence[str | nn.Module] = (),
+    round_to: int | None = None,
+    device: str | torch.device | None = None,
+    runtime: str = "eager",
+    timer: Timer | None = None,
+    max_ratio: float = MAX_REMOVED,
+    protected: structure.Protected = None,
+    graph: Any = None,
+    info: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Remove channels until a `macs=` or `params=` target (fraction removed) is met, in place; return the model.
+
+    Each step is the latency search's: the channels that save the most predicted time on `device`
+    and `runtime` (the per-layer table, `timer`) per unit of importance lost, so the MACs that go are
+    the ones that cost the most time (on depthwise networks: the wide inner channels that also feed
+    the depthwise conv, norms and activations, before the residual streams). The step that crosses
+    the target is the one that crosses it least. `info` receives the planned fraction and the
+    predicted times (ms).
+    """
+    target = Target.parse(target)
+    if target.unit not in ("macs", "params"):
+        raise UserError(f"allocation 'time' takes a macs= or params= target, not {target.unit}=")
+    dev = torch.device(device) if device is not None else model_device(model)
+    runtime = check_runtime(runtime, dev)
+    timer = timer or default_timer(dev, runtime=runtime)
+    planner = ChannelPlanner(model, example_inputs, ignore=ignore, protected=protected, graph=graph)
+    search = _Search(planner, timer, importance, round_to, max_ratio)
+    unit, value = target.unit, target.value
+    predicted0 = sum(search.current)
+    while planner.removed_fraction(search.removed, unit) < value:
+        options = [(c, gi) for gi in range(len(planner.groups)) if (c := search.candidate(gi)) is not None]
+        if not options:
+            break
+        positive = [o for o in options if o[0][0] > 0] or options
+        (_score, nxt), gi = max(positive, key=lambda o: o[0][0])
+        finishing = []
+        for (_s, n), g in positive:
+            trial = list(search.removed)
+            trial[g] = n
+            if (got := planner.removed_fraction(trial, unit)) >= value:
+                finishing.append((got, g, n))
+        if finishing:
+            _, gi, nxt = min(finishing, key=lambda f: f[0])
+        search.take(gi, nxt)
+    got = planner.removed_fraction(search.removed, unit)
+    if abs(got - value) > 0.01:
+        warnings.warn(f"target {target} reached only within {abs(got - value) * 100:.1f} points (channel granularity); "
+                      "see the achieved figures", stacklevel=2)
+    if info is not None:
+        info.update({"unit": unit, "asked": value, "planned": got, "groups": len(planner.groups), "allocation": "time",
+                     "runtime": runtime, "predicted_before_ms": predicted0, "predicted_after_ms": sum(search.current),
+                     "layer_timings": len(search.table)})
+    _remove(model, example_inputs, planner, search.removed, importance, ignore)
+    return model
+
+
 def _closest(tried: list[tuple[float, list[int], float]], value: float, tolerance: float) -> tuple[float, list[int], float]:
     # The attempt that met the target with the least overshoot, else the one that came closest.
     met = [t for t in tried if t[0] >= value - tolerance]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit import allocation, structure
+from prunekit import UserError, allocation, structure
 from prunekit.allocation import LayerSpec
 
 
@@ -188,3 +188,40 @@ def test_latency_target_still_overshot_after_every_attempt_is_a_warning():
         allocation.prune_to_latency(model, X, importance=ones, target=0.5, round_to=8, timer=timer, report=report,
                                     max_attempts=1)
     assert report["achieved"] > 0.55 and "overshot" in report["warning"]
+
+
+class SlowDepthwiseTimer(StairTimer):
+    """Depthwise convs cost far more than their MACs (memory-bound kernels): 0.05 ms per channel."""
+
+    def layer_ms(self, spec: LayerSpec) -> float:
+        if spec.groups > 1 and spec.groups == spec.in_channels == spec.out_channels:
+            return 0.05 * spec.in_channels
+        return super().layer_ms(spec)
+
+
+def _depthwise_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),        # "0": feeds the depthwise conv
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),                  # "6": a plain 1x1 output
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+def test_time_allocation_meets_the_macs_target_with_the_channels_that_cost_most_time():
+    timer = SlowDepthwiseTimer(1)
+    results = {}
+    for alloc in ("uniform", "time"):
+        model = _depthwise_net()
+        with allocation.use_timer(timer):
+            r = prunekit.prune(model, method="l1_filter", target="macs=0.3", example_inputs=X, round_to=4, allocation=alloc)
+        results[alloc] = (r, timer.model_ms(r.model, X))
+    timed, uniform = results["time"], results["uniform"]
+    assert timed[0].achieved["macs"] == pytest.approx(0.3, abs=0.02)  # two groups in steps of 4 channels
+    assert timed[0].info["plan"]["allocation"] == "time"
+    # the depthwise-feeding group goes first, so the same MACs buy more time
+    assert timed[0].model[0].out_channels < uniform[0].model[0].out_channels
+    assert timed[1] < uniform[1]
+    with pytest.raises(UserError, match="allocation 'time' takes a macs= or params= target"):
+        prunekit.prune(_depthwise_net(), method="l1_filter", target="channels=0.3", example_inputs=X, allocation="time")

@@ -16,7 +16,9 @@ class StructuredMethod(Method):
     """A one-shot structured method: score channels, remove the lowest to reach the target.
 
     Options: `allocation` ("uniform": the same fraction from every group; "global": one ranking
-    of normalised scores across groups). Subclasses provide `importance()`.
+    of normalised scores across groups; "time": for macs=/params= targets, the channels that save
+    the most measured time on the method's `runtime` per importance lost,
+    `latency_search.prune_to_target_by_time`). Subclasses provide `importance()`.
     A `latency=` target is met by measured time on the model's device and the method's `runtime`
     (`prunekit.latency_search`), removing at most `max_macs_removed` of the MACs (default 0.75);
     `round_to` defaults to "auto" (the channel multiple measured on the device and runtime; 1 = none).
@@ -26,8 +28,8 @@ class StructuredMethod(Method):
     units = ("channels", "params", "macs", "latency")
 
     def configure(self, *, allocation: str = "uniform", max_macs_removed: float | None = None, **options: Any) -> dict[str, Any]:
-        if allocation not in ("uniform", "global"):
-            raise UserError(f"method {self.name!r}: allocation {allocation!r} is not one of uniform, global")
+        if allocation not in ("uniform", "global", "time"):
+            raise UserError(f"method {self.name!r}: allocation {allocation!r} is not one of uniform, global, time")
         from prunekit.latency_search import MAX_MACS_REMOVED
 
         bound = MAX_MACS_REMOVED if max_macs_removed is None else max_macs_removed
@@ -60,6 +62,13 @@ class StructuredMethod(Method):
                 self.info["warnings"] = [*self.info.get("warnings", []), report["warning"]]
             return model
         plan: dict[str, Any] = {}
+        if self.options["allocation"] == "time":
+            from prunekit.latency_search import prune_to_target_by_time
+
+            model = prune_to_target_by_time(model, example_inputs, importance=importance, target=self.target, ignore=self.ignore,
+                                            round_to=round_to, runtime=self.runtime, protected=protected, graph=graph, info=plan)
+            self.info["plan"] = plan
+            return model
         model = structure.prune_to_target(
             model,
             example_inputs,
