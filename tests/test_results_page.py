@@ -62,3 +62,20 @@ def test_side_by_side_latency_record_replaces_the_runs_own_timing():
     # eager 3.0 -> 2.0 ms is 1.5x for 2x fewer MACs: 0.75; ONNX Runtime 1.6x: 0.80
     assert "| 3.00 -> 2.00 | 0.75 | 1.00 -> 0.62 (0.80) |" in page
     assert "timed side by side in one session (test CPU, 2026-12-01 01:00 UTC, load average 1.0" in page
+
+
+import speedup_table  # noqa: E402
+
+
+def test_speedup_table_renders_speedup_efficiency_and_macs_removed():
+    def row(variant, ms, macs_removed, **extra):
+        speed = 10.0 / ms
+        return {"model": "mobilenet_v2", "target": "macs=0.5", "device": "cpu", "runtime": "onnxruntime", "variant": variant,
+                "median_ms": ms, "spread": 0.02, "speedup": speed, "efficiency": speed * (1 - macs_removed),
+                "macs_removed": macs_removed, **extra}
+    results = {"machine": {"cpu_threads": 1, "torch": "2.14.1", "load_average_start": [1.0], "load_average_end": [1.5]},
+               "rows": [row("dense", 10.0, 0.0), row("prunekit", 5.0, 0.5, round_to={"value": 4}),
+                        row("latency-onnxruntime", 5.0, 0.6, latency_search={"warning": "latency target 0.5 overshot"})]}
+    page = speedup_table.render(results)
+    assert "| mobilenet_v2 (224) | `macs=0.5` | ONNX Runtime | 10.00 (2 %) | - | 2.00x (1.00), round_to 4 |" in page
+    assert "2.00x (0.80), 60 % of MACs (warned) |" in page and "load average 1.00 at the start" in page
