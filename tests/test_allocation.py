@@ -214,7 +214,7 @@ def test_time_allocation_meets_the_macs_target_with_the_channels_that_cost_most_
     results = {}
     for alloc in ("uniform", "time"):
         model = _depthwise_net()
-        with allocation.use_timer(timer):
+        with allocation.use_timer(timer), pytest.warns(UserWarning, match="reached only within"):  # 2 groups, steps of 4
             r = prunekit.prune(model, method="l1_filter", target="macs=0.3", example_inputs=X, round_to=4, allocation=alloc)
         results[alloc] = (r, timer.model_ms(r.model, X))
     timed, uniform = results["time"], results["uniform"]
