@@ -99,7 +99,8 @@ def dense_vs_pruned(dense: nn.Module, pruned: nn.Module, images: Sequence[str | 
         for col, (det, label) in enumerate(((a, labels[0]), (b, labels[1]))):
             ax = axes[row][col]
             ax.imshow(draw(im, det, score=score).permute(1, 2, 0).numpy())
-            ax.set_title(f"{label}: {int((det['scores'] >= score).sum())} faces (score >= {score:g})", fontsize=9)
+            n = int((det["scores"] >= score).sum())
+            ax.set_title(f"{label}: {n} face{'' if n == 1 else 's'} (score >= {score:g})", fontsize=9)
             ax.axis("off")
     fig.tight_layout()
     buffer = io.BytesIO()
