@@ -131,6 +131,8 @@ def render(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None) -
             continue
         f, a, info = m["final"], m["achieved"], m.get("method_info") or {}
         of_pruned = (info["zeroed_weights"] / info["masked_weights"]) if info.get("masked_weights") else None
+        if of_pruned is None and isinstance(info.get("sparsity"), (int, float)):
+            of_pruned = info["sparsity"]  # magnitude: its sparsity of the layers it prunes
         if of_pruned is None and m.get("method_kind") == "structured":
             of_pruned = a.get("channels")  # structured: the fraction of channels removed
         drop = 100 * (m["baseline"]["ap_hard"] - f["ap_hard"])
