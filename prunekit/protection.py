@@ -65,6 +65,17 @@ def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]
         model.train(was_training)
 
 
+def outputs_follow_sizes(model: nn.Module, graph: Any, protected: Sequence[str]) -> bool:
+    """Return True when `graph`'s trace found every output layer through the autograd graph and all of
+    them are in `protected`: every output is then fed by one of them through shape-only ops, so their
+    sizes (which `check_outputs` compares) decide the output shapes and no forward is needed."""
+    traced = getattr(graph, "prunekit_output_layers", None) or []
+    if not traced or not getattr(graph, "prunekit_outputs_walked", False):
+        return False
+    names, keep = {m: n for n, m in model.named_modules()}, set(protected)
+    return all(names.get(m) in keep for m in traced)
+
+
 def out_sizes(model: nn.Module, names: Sequence[str]) -> dict[str, int | None]:
     """Return the output size (out_channels / out_features) of each named module (None if it has none)."""
     by_name = dict(model.named_modules())

@@ -1,9 +1,8 @@
 """Coupled channel groups and physical channel removal, over Torch-Pruning's DependencyGraph.
 
-Every structural change in prunekit goes through this module, so that it is (1) real removal,
-(2) correct across residual adds, concatenation, depthwise/grouped convs and norms (Torch-Pruning's
-DependencyGraph couples them; we do not write another), and (3) recorded on the model as a
-replayable op (`model.prunekit_ops`) for `prunekit.save` / `prunekit.load`.
+Every structural change goes through this module: (1) real removal, (2) correct across residual
+adds, concatenation, depthwise/grouped convs and norms (Torch-Pruning's DependencyGraph couples
+them), (3) recorded as a replayable op (`model.prunekit_ops`) for `prunekit.save` / `prunekit.load`.
 
 Scoring lives apart from removal, as in Torch-Pruning: an importance is any callable
 `importance(group) -> Tensor` with one score per channel of the group's root layer.
@@ -26,7 +25,8 @@ from prunekit.errors import UserError
 from prunekit.gcpause import paused_gc
 from prunekit.importance import MagnitudeImportance, RandomImportance  # noqa: F401  (scorers, re-exported)
 from prunekit.protection import (  # noqa: F401  (part of structure's API)
-    Protected, check_outputs, classifier_layers, out_sizes, output_shapes, protected_layers, protected_names,
+    Protected, check_outputs, classifier_layers, out_sizes, output_shapes, outputs_follow_sizes, protected_layers,
+    protected_names,
 )
 from prunekit.replays import register_replay
 from prunekit.targets import Target
@@ -50,13 +50,10 @@ def register_custom_pruner(module_type: type[nn.Module], pruner: "tp.pruner.func
     CUSTOM_PRUNERS[module_type] = pruner
 
 
-# --------------------------------------------------------------------------------------------
-# graph and groups
-
+# graph and groups ---------------------------------------------------------------------------
 
 def _recorder(model: nn.Module) -> tuple[dict[nn.Module, tuple[int, ...]], list[nn.Module], list[Any]]:
-    # Forward hooks that record every conv/linear layer's input shape (the last call wins) and the
-    # order the layers ran in.
+    # Hooks recording every conv/linear layer's input shape (the last call wins) and the run order.
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     order: list[nn.Module] = []
 
@@ -97,6 +94,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
             h.remove()
     graph.prunekit_shapes, graph.prunekit_order = shapes, order
     graph.prunekit_output_layers = outputs.layers()
+    graph.prunekit_outputs_walked = outputs.walked
     graph.prunekit_output_shapes = inputs.output_shapes(outputs.outputs)
     return graph
 
@@ -276,6 +274,7 @@ def remove_planned(
     if check and any(n > 0 for n in plan):
         sizes = out_sizes(model, planner.protected)
         before = getattr(graph, "prunekit_output_shapes", None) or output_shapes(model, example_inputs)
+        shapes_follow_sizes = outputs_follow_sizes(model, graph, planner.protected)
     else:
         check = False
     was_training = model.training
@@ -293,7 +292,8 @@ def remove_planned(
                 group.prune()
     model.train(was_training)
     if check:
-        check_outputs(model, example_inputs, before=before, sizes=sizes, what="removing channels")
+        check_outputs(model, example_inputs, before=before, sizes=sizes, what="removing channels",
+                      after=before if shapes_follow_sizes else None)
     _record(model, graph, example_inputs)
     return model
 

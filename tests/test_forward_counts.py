@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 import torch
 from torch import nn
 
 import prunekit
-from prunekit import metrics, structure
+from prunekit import UserError, metrics, structure
 from prunekit.gcpause import paused_gc
 from prunekit.planner import ChannelPlanner
 
@@ -39,8 +40,24 @@ def test_planner_traces_once_and_protects_the_output_layer_from_that_trace():
     plan = planner.plan(scores, unit="macs", value=0.5)
     calls[0] = 0
     structure.remove_planned(model, x, planner=planner, plan=plan, scores=scores)
-    assert calls[0] == 1  # the output check after the surgery
+    assert calls[0] == 0  # every output layer traced and protected: their sizes decide the output shapes
     assert model(x).shape == (1, 5) and model[0].out_channels < 16
+
+
+def test_surgery_runs_the_model_to_check_outputs_when_an_output_layer_is_not_protected():
+    model, x = _net(), torch.randn(1, 3, 8, 8)
+    planner = ChannelPlanner(model, x, protected=["8"])  # the same layer, named by the caller
+    scores = structure.group_scores(planner, structure.MagnitudeImportance(p=1))
+    calls = _count_forwards(model)
+    structure.remove_planned(model, x, planner=planner, plan=planner.plan(scores, unit="macs", value=0.5), scores=scores)
+    assert calls[0] == 0
+    other, x = _net(), torch.randn(1, 3, 8, 8)
+    planner = ChannelPlanner(other, x, protected=["0"])  # the classifier left unprotected
+    scores = structure.group_scores(planner, structure.MagnitudeImportance(p=1))
+    calls = _count_forwards(other)
+    with pytest.raises(UserError, match="would change the output size of an output fed by 8"):
+        structure.remove_planned(other, x, planner=planner, plan=planner.plan(scores, unit="macs", value=0.5), scores=scores)
+    assert calls[0] >= 1  # not every output layer is protected: a forward checks the output shapes, and caught it
 
 
 def test_measurement_records_output_shapes_and_prune_checks_them_without_extra_forwards():

@@ -229,6 +229,7 @@ class OutputLayerRecorder:
         self.produced: dict[Any, nn.Module] = {}
         self.order: list[nn.Module] = []
         self.outputs: Any = None
+        self.walked = False  # whether `layers()` found them through the graph (not the fallback)
         self._hooks: list[Any] = []
 
     def _record(self, module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -269,6 +270,7 @@ class OutputLayerRecorder:
             if type(node).__name__ == "AccumulateGrad":
                 continue
             stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+        self.walked = bool(found)
         return found or self.order[-1:]
 
 
