@@ -159,6 +159,8 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
         run_dir = out / p["slug"]
         if status_of(run_dir) == "complete":
             statuses[p["slug"]] = "complete"
+            if (seconds := _run_seconds(run_dir)) is not None:  # runs done before: the estimate starts from them
+                timed.append(seconds)
             continue
         lock = out / LOCK_DIR / f"{p['slug']}.lock"
         if not _claim(lock):  # another `prunekit study` process on this directory runs it now
@@ -184,7 +186,8 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
                     _error_file(out, p["slug"]).parent.mkdir(parents=True, exist_ok=True)
                     atomic_write(_error_file(out, p["slug"]), statuses[p["slug"]].encode("utf-8"))
                 console.print(f"[bold red]study {spec.name}: {p['slug']} failed[/]: {statuses[p['slug']]}")
-            timed.append(time.perf_counter() - start)
+            # a resumed run's own stage times, not just this process's share of it
+            timed.append(_run_seconds(run_dir) or time.perf_counter() - start)
         finally:
             lock.unlink(missing_ok=True)
         console.print(progress_line(spec.name, points, statuses, timed), soft_wrap=True)
@@ -233,6 +236,17 @@ def _claim(lock: Path, *, retry: bool = True) -> bool:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(str(os.getpid()))
     return True
+
+
+def _run_seconds(run_dir: Path) -> float | None:
+    """Return a complete run's total wall time from its metrics.json (seconds), or None."""
+    from prunekit.report import read_metrics
+
+    try:
+        total = read_metrics(run_dir).get("wall_time_s", {}).get("total")
+    except (UserError, AttributeError):
+        return None
+    return float(total) if isinstance(total, (int, float)) and total > 0 else None
 
 
 def progress_line(name: str, points: list[dict[str, Any]], statuses: dict[str, str], timed: list[float]) -> str:

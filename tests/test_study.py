@@ -221,3 +221,16 @@ def test_the_shipped_pretrained_vs_scratch_studies_plan(monkeypatch):
     assert by_slug["cifar10-imagenet-dense"].method.name == "none"
     _, gpu = study_mod.plan("recipes/study-pretrained-vs-scratch-gpu.yaml", check=False)
     assert len(gpu) == 36 and gpu[0]["recipe"].data.options["image_size"] == 224
+
+
+def test_the_estimate_uses_each_runs_recorded_wall_time(tmp_path):
+    import json as _json
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.json").write_text(_json.dumps({"status": "complete", "wall_time_s": {"baseline": 10.0, "total": 290.5}}))
+    # a run resumed near its end took this process seconds; its record says what it cost in all
+    assert study_mod._run_seconds(run) == 290.5
+    (run / "metrics.json").write_text(_json.dumps({"status": "running"}))
+    assert study_mod._run_seconds(run) is None
+    assert study_mod._run_seconds(tmp_path / "missing") is None
