@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import structure
+from prunekit import limits, structure
 from prunekit.errors import UserError
 from prunekit.planner import LayerSpec
 from prunekit.runtimes import DeviceTimer, Timer, check_runtime, model_device, timer_override
@@ -103,11 +103,8 @@ def pinned_multiple() -> int | None:
     pinned = os.environ.get(ENV_MULTIPLE)
     if not pinned:
         return None
-    try:
-        value = int(pinned)
-    except ValueError:
-        value = 0
-    if value < 1:
+    value = limits.positive_int_text(pinned)
+    if value is None:
         raise UserError(f"environment variable {ENV_MULTIPLE}={pinned!r} must be a positive integer")
     return value
 

@@ -106,6 +106,16 @@ def check_finite(value: object, where: str) -> float:
     return float(value)
 
 
+def positive_int_text(text: str) -> int | None:
+    """Return `text` (a command-line or environment value) as an integer >= 1, or None when it is
+    not one; the caller words the error, naming where the value came from."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def parse_input_size(text: str, *, channels_expected: int | None = None, where: str = "--input-size") -> tuple[int, ...]:
     """Return (C, H, W) (or (C, L), (C, D, H, W)) from text like "3x224x224", bounded by the limits.
 

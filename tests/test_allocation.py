@@ -225,3 +225,19 @@ def test_time_allocation_meets_the_macs_target_with_the_channels_that_cost_most_
     assert timed[1] < uniform[1]
     with pytest.raises(UserError, match="allocation 'time' takes a macs= or params= target"):
         prunekit.prune(_depthwise_net(), method="l1_filter", target="channels=0.3", example_inputs=X, allocation="time")
+
+
+@pytest.mark.parametrize("text", ["0", "-4", "eight", "4.5", ""])
+def test_a_bad_pinned_multiple_or_round_to_is_one_line(text, monkeypatch):
+    from prunekit import limits
+    from prunekit.channel_multiple import pinned_multiple
+    from prunekit.cli.prune_cmd import parse_round_to
+
+    assert limits.positive_int_text(text) is None and limits.positive_int_text("16") == 16
+    with pytest.raises(UserError, match="--round-to .* must be a positive integer or auto"):
+        parse_round_to(text)
+    monkeypatch.setenv(allocation.ENV_MULTIPLE, text)
+    if text:  # an empty variable means "not pinned"
+        with pytest.raises(UserError, match=f"{allocation.ENV_MULTIPLE}=.* must be a positive integer"):
+            pinned_multiple()
+    assert parse_round_to("auto") == "auto" and parse_round_to("8") == 8

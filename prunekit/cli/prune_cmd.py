@@ -62,11 +62,8 @@ def parse_round_to(text: str | None) -> int | str | None:
     """Return the --round-to value: None, "auto" or a positive integer."""
     if text is None or text == "auto":
         return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    value = limits.positive_int_text(text)
+    if value is None:
         raise UserError(f"--round-to {text!r} must be a positive integer or auto")
     return value
 

@@ -100,7 +100,7 @@ class RunContext:
     # validation ----------------------------------------------------------------------------------
     def _create_task(self) -> tasks.Task:
         t = self.recipe.task
-        name = t.name or data.default_task(self.recipe.data.name)
+        name = t.name  # filled from the dataset by the recipe's validator when the file names none
         if ":" not in name and name not in tasks.list_tasks():
             raise self.recipe.field_error("task.name", str(unknown_name("task", name, tasks.list_tasks())))
         try:
