@@ -190,7 +190,12 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, devic
             timed.append(_run_seconds(run_dir) or time.perf_counter() - start)
         finally:
             lock.unlink(missing_ok=True)
-        console.print(progress_line(spec.name, points, statuses, timed), soft_wrap=True)
+        for q in points:  # runs other study processes on this directory finished meanwhile
+            if q["slug"] not in statuses and status_of(out / q["slug"]) == "complete":
+                statuses[q["slug"]] = "complete"
+                if (seconds := _run_seconds(out / q["slug"])) is not None:
+                    timed.append(seconds)
+        console.print(progress_line(spec.name, points, statuses, timed, workers=_workers(out)), soft_wrap=True)
     try:
         (out / LOCK_DIR).rmdir()  # only when empty: no other worker holds a point
     except OSError:
@@ -249,13 +254,23 @@ def _run_seconds(run_dir: Path) -> float | None:
     return float(total) if isinstance(total, (int, float)) and total > 0 else None
 
 
-def progress_line(name: str, points: list[dict[str, Any]], statuses: dict[str, str], timed: list[float]) -> str:
-    """Return "study NAME: 7/36 runs done (1 failed), 29 left, ~2 h 10 min left at 270 s per run"."""
+def _workers(out: Path) -> int:
+    """Return how many live study processes work on `out` now: this one plus every other live lock holder."""
+    pids = {_lock_pid(lock) for lock in (out / LOCK_DIR).glob("*.lock")}
+    return 1 + sum(1 for pid in pids if pid and pid != os.getpid() and _alive(pid))
+
+
+def progress_line(name: str, points: list[dict[str, Any]], statuses: dict[str, str], timed: list[float],
+                  *, workers: int = 1) -> str:
+    """Return "study NAME: 7/36 runs done (1 failed), 29 left, about 2 h 10 min left at the measured
+    270 s per run": the time left is the runs left x the mean run time (seconds) / `workers`."""
     done = sum(1 for s in statuses.values() if s == "complete")
     failed = sum(1 for s in statuses.values() if s.startswith("failed"))
     left = len(points) - len(statuses)
     text = f"study {name}: {done}/{len(points)} runs done" + (f" ({failed} failed)" if failed else "") + f", {left} left"
     if timed and left:
         average = sum(timed) / len(timed)
-        text += f", about {_duration(average * left)} left at the measured {average:.0f} s per run"
+        text += f", about {_duration(average * left / max(1, workers))} left at the measured {average:.0f} s per run"
+        if workers > 1:
+            text += f" with {workers} study processes"
     return text

@@ -168,6 +168,19 @@ def test_progress_line():
     points = [{}] * 10
     line = study_mod.progress_line("s", points, {"a": "complete", "b": "failed: x", "c": "complete"}, [100.0, 200.0])
     assert line == "study s: 2/10 runs done (1 failed), 7 left, about 17 min 30 s left at the measured 150 s per run"
+    line = study_mod.progress_line("s", points, {"a": "complete"}, [100.0], workers=2)
+    assert line == "study s: 1/10 runs done, 9 left, about 7 min 30 s left at the measured 100 s per run with 2 study processes"
+
+
+def test_workers_counts_live_lock_holders(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / study_mod.LOCK_DIR).mkdir()
+    assert study_mod._workers(tmp_path) == 1  # no locks: this process alone
+    for slug, pid in (("a", 111), ("b", 222), ("c", 222), ("d", os.getpid())):
+        (tmp_path / study_mod.LOCK_DIR / f"{slug}.lock").write_text(str(pid))
+    monkeypatch.setattr(study_mod, "_alive", lambda pid: pid == 222)
+    assert study_mod._workers(tmp_path) == 2  # 222 holds two points; 111 is gone; our own lock is us
 
 
 def test_report_on_a_folder_that_is_neither(tmp_path, capsys):
