@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_recipe import TRAINED, tiny_recipe, write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit import io, metrics
 from prunekit.cli.main import main
@@ -17,23 +18,7 @@ from prunekit.recipe import load_recipe
 from prunekit.report import compare_table, read_metrics
 
 # 8x8 images, 4 classes, 64 training images in 2 batches: every stage takes a second or so.
-TINY = {
-    "name": "tiny",
-    "device": "cpu",
-    "threads": 1,
-    "data": {
-        "name": "synthetic",
-        "batch_size": 32,
-        "eval_batch_size": 64,
-        "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32},
-    },
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 1, "lr": 0.05}},
-    "method": {"name": "l1_filter", "target": "macs=0.5", "data_batches": 1},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"latency_repeats": 2},
-    "report": {"plots": True},
-}
+TINY = tiny_recipe(**TRAINED, eval__latency_repeats=2, report__plots=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,16 +34,8 @@ def one_thread():
 
 
 def recipe_file(tmp_path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            data[section][field] = value
-        else:
-            data[section] = value
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """Write TINY with `changes` (see tiny_recipe) to tmp_path/tiny.yaml; return its path."""
+    return write_recipe(tmp_path / "tiny.yaml", TINY, **changes)
 
 
 def one_line_error(capsys) -> str:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-import yaml
+from tiny_recipe import tiny_recipe, under, write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit.cli.main import main
 from prunekit.experiment import run_experiment
@@ -14,17 +14,7 @@ from prunekit.methods import METHODS, Method, register
 from prunekit.methods.autorate import DEFAULT_RETRAIN
 from prunekit.recipe import load_recipe
 
-TINY = {
-    "name": "tiny", "device": "cpu", "threads": 1,
-    "data": {"name": "synthetic", "batch_size": 16, "eval_batch_size": 64,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 0}},
-    "method": {"name": "l1_filter", "target": "macs=0.5", "data_batches": 3},
-    "finetune": {"epochs": 0},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
+TINY = tiny_recipe(data__batch_size=16, method__data_batches=3)
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +26,8 @@ def one_thread():
 
 
 def write(tmp_path, method):
-    data = json.loads(json.dumps(TINY))
-    data["method"] = {**data["method"], **method}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """Write TINY with `method`'s fields set to tmp_path/tiny.yaml; return its path."""
+    return write_recipe(tmp_path / "tiny.yaml", TINY, **under("method", **method))
 
 
 class Recorder(Method):

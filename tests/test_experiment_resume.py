@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from tiny_recipe import TRAINED, tiny_recipe, under  # tests/ is on sys.path under pytest
+from tiny_recipe import write_recipe as write_tiny
 
 from prunekit import io
 from prunekit import report as report_mod
@@ -18,23 +19,8 @@ from prunekit.experiment import RunInterrupted, run_experiment, stages
 from prunekit.recipe import load_recipe
 from prunekit.report import read_metrics
 
-TINY = {
-    "name": "tiny",
-    "device": "cpu",
-    "threads": 1,
-    "data": {
-        "name": "synthetic",
-        "batch_size": 16,
-        "eval_batch_size": 64,
-        "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32},
-    },
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 1, "lr": 0.05}},
-    "method": {"name": "snip_channel", "target": "channels=0.3", "data_batches": 1},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
+TINY = tiny_recipe(**TRAINED, data__batch_size=16,
+                   method={"name": "snip_channel", "target": "channels=0.3", "data_batches": 1})
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +32,8 @@ def one_thread():
 
 
 def write_recipe(tmp_path: Path, **method) -> Path:
-    data = json.loads(json.dumps(TINY))
-    data["method"].update(method)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """Write TINY with `method`'s fields set to tmp_path/tiny.yaml; return its path."""
+    return write_tiny(tmp_path / "tiny.yaml", TINY, **under("method", **method))
 
 
 def crash(monkeypatch, stage_class, exc=RuntimeError("simulated kill")):
@@ -175,10 +158,8 @@ def test_sigterm_and_sighup_are_handled_like_sigint(tmp_path, monkeypatch, capsy
 
 
 def test_a_diverged_stage_resumes_with_new_settings_and_the_change_is_recorded(tmp_path, capsys):
-    data = json.loads(json.dumps(TINY))
-    data["finetune"]["lr"] = 1.0e30  # diverges in the fine-tune, after baseline and method completed
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
+    # diverges in the fine-tune, after baseline and method completed
+    path = write_tiny(tmp_path / "tiny.yaml", TINY, finetune__lr=1.0e30)
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tiny_recipe import tiny_recipe  # tests/ is on sys.path under pytest
 from torch import nn
 
 import prunekit
@@ -238,17 +239,11 @@ def test_svd_inside_prunekit_run(tmp_path, mode):
     from prunekit.experiment import run_experiment
     from prunekit.recipe import Recipe
 
-    recipe = Recipe.model_validate({
-        "name": "svd-tiny", "device": "cpu", "threads": 1,
-        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-                 "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-        "model": {"name": "resnet20"},
-        "baseline": {"train": {"epochs": 0}},
-        "method": {"name": "svd", "options": {"mode": mode, "energy": 0.8}, "train": {"epochs": 1, "lr": 0.01}},
-        "finetune": {"epochs": 1, "lr": 0.01},
-        "eval": {"latency_repeats": 1},
-        "report": {"plots": False},
-    })
+    recipe = Recipe.model_validate(tiny_recipe(
+        name="svd-tiny",
+        method={"name": "svd", "options": {"mode": mode, "energy": 0.8}, "train": {"epochs": 1, "lr": 0.01}},
+        finetune={"epochs": 1, "lr": 0.01},
+    ))
     m = run_experiment(recipe, out_dir=tmp_path / "run", progress=False)
     assert m["status"] == "complete"
     ranks = m["method_info"]["ranks"]

@@ -13,23 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_recipe import DROP, tiny_recipe  # tests/ is on sys.path under pytest
 
 from prunekit import io, models
 from prunekit.cli.main import main
 
 # 8x8 synthetic images: a recipe that passes validation would run in seconds (and fail its test).
-BASE = {
-    "name": "case",
-    "device": "cpu",
-    "threads": 1,
-    "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 0}},
-    "method": {"name": "l1_filter", "target": "macs=0.5", "data_batches": 1},
-    "finetune": {"epochs": 0},
-    "eval": {"latency_repeats": 2},
-}
+BASE = tiny_recipe(name="case", eval__latency_repeats=2, report=DROP)
 
 
 class NotPlain:
@@ -131,21 +121,12 @@ def one_line_exit_2(capsys, argv: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------
 # recipes: (id, mutation of BASE as {dotted.path: value} or raw bytes, fragment expected in the line)
 
-DEL = object()
+DEL = DROP
 
 
 def mutate(changes: dict) -> dict:
-    data = json.loads(json.dumps(BASE))
-    for dotted, value in changes.items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if value is DEL:
-            node.pop(parts[-1], None)
-        else:
-            node[parts[-1]] = value
-    return data
+    """Return a copy of BASE with `changes` ({dotted.path: value}, DEL removes) applied."""
+    return tiny_recipe(BASE, **{dotted.replace(".", "__"): value for dotted, value in changes.items()})
 
 
 INF, NAN = float("inf"), float("nan")

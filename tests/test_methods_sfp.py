@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from tiny_recipe import tiny_recipe  # tests/ is on sys.path under pytest
 from torch import nn
 
 import prunekit
@@ -246,17 +247,10 @@ def test_sfp_inside_prunekit_run(tmp_path):
     from prunekit.experiment import run_experiment
     from prunekit.recipe import Recipe
 
-    recipe = Recipe.model_validate({
-        "name": "sfp-tiny", "device": "cpu", "threads": 1,
-        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-                 "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-        "model": {"name": "resnet20"},
-        "baseline": {"train": {"epochs": 0}},
-        "method": {"name": "sfp", "target": "channels=0.5", "from_scratch": True, "train": {"epochs": 2, "lr": 0.05}},
-        "finetune": {"epochs": 0},
-        "eval": {"latency_repeats": 1},
-        "report": {"plots": False},
-    })
+    recipe = Recipe.model_validate(tiny_recipe(
+        name="sfp-tiny",
+        method={"name": "sfp", "target": "channels=0.5", "from_scratch": True, "train": {"epochs": 2, "lr": 0.05}},
+    ))
     m = run_experiment(recipe, out_dir=tmp_path / "run", progress=False)
     assert m["status"] == "complete"
     info = m["method_info"]

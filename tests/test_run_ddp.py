@@ -19,25 +19,18 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_recipe import TRAINED, tiny_recipe, under, write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit import distributed
 
 HERE = Path(__file__).resolve().parent
 
 # 8x8 images, 4 classes, 128 training images: 4 global batches of 32 (16 per rank on 2 ranks).
-TINY = {
-    "name": "tiny-sfp", "device": "cpu", "threads": 1, "seed": 0,
-    "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 128, "test_size": 32}},
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 1, "lr": 0.05}},
-    "method": {"name": "sfp", "target": "channels=0.3", "data_batches": 1,
-               "train": {"epochs": 2, "lr": 0.02, "schedule": "constant"}},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
+TINY = tiny_recipe(
+    **TRAINED, name="tiny-sfp", seed=0, data__options__train_size=128,
+    method={"name": "sfp", "target": "channels=0.3", "data_batches": 1,
+            "train": {"epochs": 2, "lr": 0.02, "schedule": "constant"}},
+)
 # documented in docs/scale-out.md: per-rank BatchNorm statistics make the runs drift apart
 LOSS_RTOL = 0.25      # every epoch's mean training loss
 TOP1_ATOL = 12.5      # final top-1 on 32 test images: 4 images
@@ -53,11 +46,7 @@ def _env() -> dict[str, str]:
 
 
 def _recipe(tmp_path: Path, **method_train) -> Path:
-    data = json.loads(json.dumps(TINY))
-    data["method"]["train"].update(method_train)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_recipe(tmp_path / "tiny.yaml", TINY, **under("method__train", **method_train))
 
 
 def _prunekit(*args: str) -> list[str]:

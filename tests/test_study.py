@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_recipe import tiny_recipe, write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit import study as study_mod
 from prunekit.cli.main import main
 from prunekit.report import read_metrics
 
-TINY = {
-    "name": "tiny", "device": "cpu", "threads": 1,
-    "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 0}},
-    "method": {"name": "magnitude", "options": {"schedule": "oneshot"}, "train": {"epochs": 1, "lr": 0.05}},
-    "finetune": {"epochs": 0},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
+TINY = tiny_recipe(method={"name": "magnitude", "options": {"schedule": "oneshot"}, "train": {"epochs": 1, "lr": 0.05}})
 PRUNE = {
     "dense": {"method.name": "none", "method.options": {}},
     "mag0.5": {"method.target": "sparsity=0.5"},
@@ -41,8 +32,7 @@ def one_thread():
 
 
 def write_study(tmp_path: Path, grid=None, **extra) -> Path:
-    base = tmp_path / "tiny.yaml"
-    base.write_text(yaml.safe_dump(TINY))
+    base = write_recipe(tmp_path / "tiny.yaml", TINY)
     spec = {"name": "s", "recipe": str(base),
             "grid": grid or {"init": {"trained": {"seed": 0}, "other": {"seed": 1}}, "prune": PRUNE},
             "headline": {"arms": "init", "dense": {"prune": "dense"}, "within": 100.0}, **extra}

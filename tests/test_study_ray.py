@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_recipe import write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit import study_ray
 from prunekit.errors import UserError
@@ -189,25 +190,12 @@ def test_ray_grid_matches_the_sequential_executor(local_ray, tmp_path):
     assert os.getpid() not in pids  # the runs ran in Ray workers
 
 
-TINY = {
-    "name": "tiny", "device": "cpu", "threads": 1,
-    "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 64, "test_size": 32}},
-    "model": {"name": "resnet20"},
-    "baseline": {"train": {"epochs": 0}},
-    "method": {"name": "l1_filter", "target": "macs=0.5", "data_batches": 1},
-    "finetune": {"epochs": 0},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
-
-
 @pytest.mark.slow
 def test_four_run_study_on_ray_is_resumable_by_either_executor(local_ray, tmp_path):
     from prunekit.report import compare_table, read_metrics
     from prunekit.study import plan
 
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    write_recipe(tmp_path / "tiny.yaml")  # tiny_recipe.BASE: l1_filter to macs=0.5, no training
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({
         "name": "grid", "recipe": str(tmp_path / "tiny.yaml"),
         "grid": {"method.name": ["l1_filter", "random"], "method.target": ["macs=0.3", "macs=0.5"]},

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_recipe import tiny_recipe, write_recipe  # tests/ is on sys.path under pytest
 
 from prunekit.cli.main import main
 from prunekit.recipe import load_recipe
@@ -16,20 +17,13 @@ from prunekit.report import compare_table, read_metrics
 # the task of this module: tests/user_task_example.py (tests/ is on sys.path under pytest)
 TASK = "user_task_example:TwoHeadRegression"
 
-RECIPE = {
-    "name": "user-task",
-    "device": "cpu",
-    "threads": 1,
-    "task": {"name": TASK, "options": {"brightness_weight": 0.5}},
-    "data": {"name": "synthetic", "batch_size": 16, "eval_batch_size": 32,
-             "options": {"num_classes": 4, "image_size": 8, "train_size": 32, "test_size": 32}},
-    "model": {"name": "two_head_test"},
-    "baseline": {"train": {"epochs": 0}},
-    "method": {"name": "l1_filter", "target": "channels=0.5", "ignore": ["scores", "brightness"]},
-    "finetune": {"epochs": 0},
-    "eval": {"latency_repeats": 1},
-    "report": {"plots": False},
-}
+RECIPE = tiny_recipe(
+    name="user-task",
+    task={"name": TASK, "options": {"brightness_weight": 0.5}},
+    data__batch_size=16, data__eval_batch_size=32, data__options__train_size=32,
+    model={"name": "two_head_test"},
+    method={"name": "l1_filter", "target": "channels=0.5", "ignore": ["scores", "brightness"]},
+)
 
 
 
@@ -42,11 +36,8 @@ def one_thread():
 
 
 def write(tmp_path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(RECIPE))
-    data.update(changes)
-    path = tmp_path / "user.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """Write RECIPE with whole sections replaced by `changes` to tmp_path/user.yaml; return its path."""
+    return write_recipe(tmp_path / "user.yaml", RECIPE, **changes)
 
 
 @pytest.mark.parametrize(
