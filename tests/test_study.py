@@ -218,9 +218,9 @@ def test_the_shipped_pretrained_vs_scratch_studies_plan(monkeypatch):
     by_slug = {p["slug"]: p["recipe"] for p in points}
     mag = by_slug["caltech101-imagenet-mag0.9"]
     assert mag.model.weights == "imagenet" and mag.method.options["schedule"] == "gradual"
-    assert mag.data.options["image_size"] == 64 and mag.method.train.epochs == 4 and mag.finetune.epochs == 0
+    assert mag.data.options["image_size"] == 64 and mag.method.train.epochs == 8 and mag.finetune.epochs == 0
     l1 = by_slug["cifar10-scratch-l1_0.5"]
-    assert l1.model.weights is None and l1.model.small_input and (l1.method.train.epochs, l1.finetune.epochs) == (3, 1)
+    assert l1.model.weights is None and l1.model.small_input and (l1.method.train.epochs, l1.finetune.epochs) == (6, 2)
     assert by_slug["cifar10-imagenet-dense"].method.name == "none"
     _, gpu = study_mod.plan("recipes/study-pretrained-vs-scratch-gpu.yaml", check=False)
     assert len(gpu) == 36 and gpu[0]["recipe"].data.options["image_size"] == 224
