@@ -214,7 +214,7 @@ def test_the_shipped_pretrained_vs_scratch_studies_plan(monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)
     spec, points = study_mod.plan("recipes/study-pretrained-vs-scratch.yaml")  # every point validated
-    assert len(points) == 36 and spec.headline.arms == "init"
+    assert len(points) == 48 and spec.headline.arms == "init"
     by_slug = {p["slug"]: p["recipe"] for p in points}
     mag = by_slug["caltech101-imagenet-mag0.9"]
     assert mag.model.weights == "imagenet" and mag.method.options["schedule"] == "gradual"
