@@ -144,7 +144,9 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
     else:
         lines += ["Baseline: not yet run.", ""]
     for title, prefix, keys in TABLES:
-        stems = [s for s in recipes if s.startswith(prefix) and any(k in s for k in keys) and s != "resnet20-baseline"]
+        # a double row's stem holds "-macs0.5" and "sparsity" too; it has its own table
+        stems = [s for s in recipes if s.startswith(prefix) and any(k in s for k in keys) and s != "resnet20-baseline"
+                 and "-double-" not in s]
         if not stems:
             continue
         lines += [f"## {title}", ""]
