@@ -1,12 +1,25 @@
 """Write recipes/results/*.yaml: one complete `prunekit run` per row of docs/results.md (issue 13).
 
-Every row starts from the same baseline run (recipes/results/resnet20-baseline.yaml, whose
-model.pt is the checkpoint) and gets the same BUDGET of training epochs after it on the whole
+Every ResNet-20 row starts from the same baseline run (recipes/results/resnet20-baseline.yaml,
+whose model.pt is the checkpoint) and gets the same BUDGET of training epochs after it on the whole
 JPEG CIFAR-10 train split: one-shot methods fine-tune for all of it; methods that train with
 their hooks (slimming, sfp, svd, gradual magnitude) spend part of it training with the hooks and
 the rest fine-tuning, so that every row sees the same number of images. Run from the repo root:
 
     python benchmarks/results_recipes.py            # (re)writes recipes/results/
+
+The double-pruning table (slimming to half the MACs, then magnitude to half the weights of the
+slim network; NetScore after each stage) covers ResNet-20 and three models without a pretrained
+CIFAR start: VGG-11 for CIFAR, MobileNetV2 and MobileNetV3-small (32x32 stems). Those three get a
+from-scratch baseline run (MODEL-baseline) of SCRATCH_EPOCHS epochs on the whole train split,
+and their double rows start from its model.pt like the ResNet-20 rows do from theirs. Sizing
+(2026-12-03, synthetic 32x32 batches of 128, 1 thread, images per CPU-second because the machine
+was loaded by a study and wall-clock rates swung 3x between runs): training vgg11_cifar 80,
+mobilenet_v2 77, mobilenet_v3_small 240, resnet20 191 images/s; evaluation about 210, 100, 590,
+330. An epoch (50,000 training + 10,000 test images) is then about 11, 12.5, 4 and 5 min; the
+recorded ResNet-20 runs took 6-7 min an epoch, 1.3-1.4x that estimate (loader, augmentation,
+logging), so 2 epochs from scratch take about 22-31 min (vgg11_cifar), 25-35 min (mobilenet_v2)
+and 8-11 min (mobilenet_v3_small): 2 is the most that keeps every baseline near 30 minutes.
 """
 
 from __future__ import annotations
@@ -19,28 +32,66 @@ BUDGET = 3  # epochs after the baseline, every row
 FINETUNE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine"}
 OUT = Path(__file__).resolve().parents[1] / "recipes" / "results"
 
+#: every model's recipe section; the MobileNets get the 32x32 stem (their ImageNet stem would shrink CIFAR to 1x1)
+MODELS = {
+    "resnet20": {"name": "resnet20"},
+    "vgg11_cifar": {"name": "vgg11_cifar"},
+    "mobilenet_v2": {"name": "mobilenet_v2", "small_input": True},
+    "mobilenet_v3_small": {"name": "mobilenet_v3_small", "small_input": True},
+}
+#: models with no pretrained CIFAR start: each gets a from-scratch baseline run (sized in the docstring)
+SCRATCH_MODELS = ("vgg11_cifar", "mobilenet_v2", "mobilenet_v3_small")
+SCRATCH_EPOCHS = 2
+# from random weights a higher rate than FINETUNE's; a fifth of an epoch of warm-up so that the
+# first steps at 0.1 cannot blow up a 30-minute run
+SCRATCH = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "warmup_epochs": 0.2}
+DOUBLE_TARGETS = {"slimming_target": "macs=0.5", "magnitude_target": "sparsity=0.5"}
+# slimming trains its BatchNorm L1 for 1 epoch (as the slimming rows); magnitude prunes one-shot, so
+# with 1 fine-tune epoch after each stage a double row also spends BUDGET epochs after its baseline
+DOUBLE_STAGE_EPOCHS = [1, 0]
+EVAL = {"latency_device": "cpu", "latency_batch_size": 1, "latency_repeats": 50}
 
-def recipe(name: str, method: dict, *, hook_epochs: int = 0, model: str = "resnet20") -> dict:
-    """Return one row's recipe: `method` trained `hook_epochs` with its hooks, then fine-tuned for the rest."""
+
+def _run(name: str, model: str) -> dict:
+    """Return the fields every results recipe shares: name, seed, 1 CPU thread, the whole CIFAR-10, `model`."""
+    return {"name": name, "seed": 0, "device": "cpu", "threads": 1,
+            "data": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 1000}, "model": dict(MODELS[model])}
+
+
+def recipe(name: str, method: dict, *, hook_epochs: int = 0, model: str = "resnet20",
+           stage_epochs: list[int] | None = None) -> dict:
+    """Return one row's recipe: `method` trained `hook_epochs` with its hooks, then fine-tuned for the rest.
+
+    A composite method gives `stage_epochs` (hook epochs per stage) instead; every stage then
+    fine-tunes an equal share of what the stages' training leaves of BUDGET (epochs)."""
     body = dict(method)
-    if hook_epochs:
-        body["train"] = {**FINETUNE, "schedule": "constant", "epochs": hook_epochs}
+    stages = len(stage_epochs) if stage_epochs else 1
+    trained = sum(stage_epochs) if stage_epochs else hook_epochs
+    finetune, left = divmod(BUDGET - trained, stages)
+    if left or finetune < 0:
+        raise ValueError(f"{name}: {BUDGET - trained} fine-tune epochs do not split evenly over {stages} stages")
+    if trained:
+        body["train"] = {**FINETUNE, "schedule": "constant", "epochs": max(stage_epochs or [hook_epochs])}
+    if stage_epochs:
+        body["stage_epochs"] = list(stage_epochs)
     return {
-        "name": name,
-        "seed": 0,
-        "device": "cpu",
-        "threads": 1,
-        "data": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 1000},
-        "model": {"name": model},
+        **_run(name, model),
         "baseline": {"checkpoint": f"runs/results/{model}-baseline/model.pt", "train": {"epochs": 0}},
         "method": body,
-        "finetune": {**FINETUNE, "epochs": BUDGET - hook_epochs},
-        "eval": {"latency_device": "cpu", "latency_batch_size": 1, "latency_repeats": 50},
+        "finetune": {**FINETUNE, "epochs": finetune},
+        "eval": dict(EVAL),
     }
 
 
+def baselines() -> dict[str, dict]:
+    """Return {file stem: recipe} for every from-scratch baseline: SCRATCH_EPOCHS epochs, method none."""
+    return {f"{m}-baseline": {**_run(f"{m}-baseline", m), "baseline": {"train": {**SCRATCH, "epochs": SCRATCH_EPOCHS}},
+                              "method": {"name": "none"}, "finetune": {"epochs": 0}, "eval": dict(EVAL)}
+            for m in SCRATCH_MODELS}
+
+
 def rows() -> dict[str, dict]:
-    """Return {file stem: recipe} for every ResNet-20 row."""
+    """Return {file stem: recipe} for every ResNet-20 row and every model's double-pruning row."""
     out: dict[str, dict] = {}
     for m in ("random", "l1_filter", "l2_filter", "tp_group_l2", "snip_channel"):
         for unit in ("macs", "params"):
@@ -79,15 +130,28 @@ def rows() -> dict[str, dict]:
         for m in ("snip", "grasp", "synflow"):
             extra = {} if m == "synflow" else {"data_batches": 8, "options": {"batches": 8}}
             out[f"resnet20-{m}-sparsity{s}"] = recipe(f"resnet20-{m}-sparsity{s}", {"name": m, "target": f"sparsity={s}", **extra})
+    # results_table.py finds a double row by "-double-" in its stem and its model before it
+    targets = "-".join(t.replace("=", "") for t in DOUBLE_TARGETS.values())
+    for model in MODELS:
+        stem = f"{model}-double-{targets}"
+        out[stem] = recipe(stem, {"name": "double", "options": {
+            **DOUBLE_TARGETS, "slimming": {"sparsity_lambda": 1.0e-4}, "magnitude": {"schedule": "oneshot", "scope": "global"}}},
+            model=model, stage_epochs=DOUBLE_STAGE_EPOCHS)
     return out
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for stem, body in rows().items():
+    every = rows()
+    for stem, body in every.items():
         text = f"# generated by benchmarks/results_recipes.py (budget: {BUDGET} epochs after the baseline)\n"
         (OUT / f"{stem}.yaml").write_text(text + yaml.safe_dump(body, sort_keys=False))
-    print(f"wrote {len(rows())} recipes to {OUT}")
+    for stem, body in baselines().items():
+        text = (f"# generated by benchmarks/results_recipes.py: {body['model']['name']} trained from scratch for {SCRATCH_EPOCHS} "
+                "epochs on the whole train split (no pretrained CIFAR start);\n# the double-pruning row starts from its model.pt. "
+                "Sizing: see the script's docstring.\n")
+        (OUT / f"{stem}.yaml").write_text(text + yaml.safe_dump(body, sort_keys=False))
+    print(f"wrote {len(every) + len(baselines())} recipes to {OUT}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run the rows of docs/results.md one after another, resumably, and keep their records.
 
-For every recipe in recipes/results/ (the baseline first, then the order below), run
+For every recipe in recipes/results/ (the baselines first, then the order below), run
 `prunekit run RECIPE --out runs/results/STEM --resume`; when a run is complete, copy its
 metrics.json and resolved recipe.yaml (no model files) to results/STEM/, the committed record
 docs/results.md is generated from. A complete record is skipped, an interrupted run resumes.
@@ -23,8 +23,10 @@ RECIPES = REPO / "recipes" / "results"
 RUNS = REPO / "runs" / "results"
 RECORDS = REPO / "results"
 
-#: run order: the baseline, then the macs=0.5 table, then unstructured, then the rest
-PRIORITY = ("baseline", "-macs0.5", "sparsity0.9", "sparsity0.5", "sparsity0.8", "sfp", "svd", "autorate", "-params0.5")
+#: run order: every baseline (each model's rows start from its model.pt), then the double-pruning table
+#: (its stems also hold "-macs0.5" and "sparsity0.5": the first key a stem holds ranks it), then the
+#: macs=0.5 table, then unstructured, then the rest
+PRIORITY = ("baseline", "-double-", "-macs0.5", "sparsity0.9", "sparsity0.5", "sparsity0.8", "sfp", "svd", "autorate", "-params0.5")
 
 
 def _rank(stem: str) -> int:

@@ -1,6 +1,7 @@
 """docs/results.md is generated from the committed records in results/ and agrees with them."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +28,58 @@ def _record(top1_before, macs_before, top1_after, macs_after):
     return {"status": "complete", "method": "l1_filter", "target": "macs=0.5", "wall_time_s": {"total": 600},
             "baseline": side(top1_before, macs_before), "final": side(top1_after, macs_after),
             "achieved": {"params": 1 - macs_after / macs_before, "nonzero_params": 1 - macs_after / macs_before, "macs": 1 - macs_after / macs_before}}
+
+
+def _netscore(top1, params, macs):
+    """NetScore in dB by its definition (Wong 2019): a = top-1 %, p = params in M, m = MACs in G."""
+    return 20 * math.log10(top1**2 / (math.sqrt(params / 1e6) * math.sqrt(macs / 1e9)))
+
+
+def _counts(top1, params, nonzero_params, macs, nonzero_macs):
+    return {"top1": top1, "params": params, "nonzero_params": nonzero_params, "macs": macs, "nonzero_macs": nonzero_macs}
+
+
+def test_double_table_shows_every_stage_with_both_netscores():
+    base = _counts(90.0, 2.0e6, 2.0e6, 0.4e9, 0.4e9)
+    slim = {"index": 0, "method": "slimming", "target": "macs=0.5", **_counts(88.5, 1.1e6, 1.1e6, 0.2e9, 0.2e9)}
+    sparse = {"index": 1, "method": "magnitude", "target": "sparsity=0.5", **_counts(87.25, 1.1e6, 0.55e6, 0.2e9, 0.12e9)}
+    double = {"status": "complete", "method": "double", "target": None, "baseline": base, "stages": [sparse, slim],
+              "final": {**base, **sparse}, "wall_time_s": {"baseline": 30, "method0": 60, "finetune0": 540, "method1": 1,
+                                                           "finetune1": 479, "final": 40, "total": 1150}}
+    records = {"vgg11_cifar-baseline": {"status": "complete", "final": base, "wall_time_s": {"total": 1800}},
+               "vgg11_cifar-double-macs0.5-sparsity0.5": double}
+    stems = ["resnet20-baseline", "resnet20-double-macs0.5-sparsity0.5", "resnet20-l1_filter-macs0.5",
+             "vgg11_cifar-baseline", "vgg11_cifar-double-macs0.5-sparsity0.5"]
+    page = results_table.render(records, stems)
+    ns = lambda c: f"{_netscore(c['top1'], c['params'], c['macs']):.2f} | {_netscore(c['top1'], c['nonzero_params'], c['nonzero_macs']):.2f}"
+    # the stages in their order whatever the record's; the baseline's wall time is its own run's (30 min)
+    assert (f"| VGG-11 (CIFAR) | baseline (from scratch, {_scratch_epochs()} epochs) | - | 90.00 | 2.00M | 2.00M | 400.00M | 400.00M | "
+            f"{ns(base)} | 30 |\n"
+            f"| VGG-11 (CIFAR) | after slimming | macs=0.5 | 88.50 | 1.10M | 1.10M | 200.00M | 200.00M | {ns(slim)} | 10 |\n"
+            f"| VGG-11 (CIFAR) | after magnitude | sparsity=0.5 | 87.25 | 1.10M | 550.00k | 200.00M | 120.00M | {ns(sparse)} | 8 |") in page
+    assert ns(sparse) == "84.21 | 89.44"  # 20 log10 of 87.25^2 / sqrt(1.1 * 0.2) = 16230 and of 87.25^2 / sqrt(0.55 * 0.12) = 29632
+    # neither double row is a row of the ResNet-20 tables; the missing ones are listed in model order
+    assert "`resnet20-double" not in page.split("## Double pruning")[0]
+    assert "Not yet run: `resnet20-baseline`, `resnet20-double-macs0.5-sparsity0.5`." in page  # no baseline record either
+    assert "Not yet run: `resnet20-l1_filter-macs0.5`." in page
+
+
+def test_a_baseline_recorded_before_its_double_row_shows_alone():
+    base = _counts(60.0, 1.5e6, 1.5e6, 5.5e6, 5.5e6)
+    records = {"mobilenet_v3_small-baseline": {"status": "complete", "final": base, "wall_time_s": {"total": 600}}}
+    page = results_table.render(records, ["mobilenet_v3_small-baseline", "mobilenet_v3_small-double-macs0.5-sparsity0.5",
+                                          "vgg11_cifar-baseline", "vgg11_cifar-double-macs0.5-sparsity0.5"])
+    assert f"| MobileNetV3-small (32x32 stem) | baseline (from scratch, {_scratch_epochs()} epochs) | - | 60.00 |" in page
+    assert f"| {_netscore(60.0, 1.5e6, 5.5e6):.2f} | {_netscore(60.0, 1.5e6, 5.5e6):.2f} | 10 |" in page
+    # in the issue's model order (VGG before the MobileNets), not by name
+    assert ("Not yet run: `vgg11_cifar-baseline`, `vgg11_cifar-double-macs0.5-sparsity0.5`, "
+            "`mobilenet_v3_small-double-macs0.5-sparsity0.5`.") in page
+
+
+def _scratch_epochs():
+    import results_recipes
+
+    return results_recipes.SCRATCH_EPOCHS
 
 
 import detection_table  # noqa: E402
