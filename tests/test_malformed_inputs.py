@@ -172,6 +172,10 @@ RECIPE_FIELDS = [
     ("method-option-inf", {"method.options": {"scale": INF}}, "method.options.scale"),
     ("method-option-round-to", {"method.options": {"round_to": 8}}, "method.round_to"),
     ("method-option-target", {"method.options": {"target": "macs=0.3"}}, "method.target"),
+    ("double-stage-round-to", {"method.name": "double", "method.target": DEL, "method.options": {"slimming": {"round_to": 4}}},
+     "may not set round_to"),
+    ("double-stage-target", {"method.name": "double", "method.target": DEL, "method.options": {"magnitude": {"target": "sparsity=0.3"}}},
+     "magnitude_target"),
     # combinations
     ("nesterov-adamw", {"finetune.nesterov": True, "finetune.optimizer": "adamw"}, "finetune.nesterov"),
     ("nesterov-adamw-method", {"method.train.nesterov": True, "method.train.optimizer": "adamw"}, "method.train.nesterov"),
