@@ -214,8 +214,7 @@ class _AtInitMasks(Method):
     units = ("sparsity",)
 
     def configure(self, *, exclude: Sequence[str] | str = (), **options: Any) -> dict[str, Any]:
-        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        return {"exclude": exclude, **super().configure(**options)}
+        return {"exclude": masks.exclude_globs(exclude, self.name), **super().configure(**options)}
 
     def excluded(self, model: nn.Module) -> tuple[str, ...]:
         """Return the module-name globs kept dense: `exclude` plus `ignore` (modules by their name)."""
