@@ -285,8 +285,8 @@ class Grasp(_AtInitMasks):
     description = "gradient-flow preservation at initialisation, S = -w * Hg, highest removed (Wang et al. 2020)"
 
     def configure(self, *, batches: int = 1, temperature: float = 200.0, **options: Any) -> dict[str, Any]:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-            raise UserError(f"method 'grasp': temperature={temperature!r} must be a number > 0")
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 < temperature < float("inf"):
+            raise UserError(f"method 'grasp': temperature={temperature!r} must be a finite number > 0")
         return {"batches": _positive_int(self.name, "batches", batches), "temperature": float(temperature),
                 **super().configure(**options)}
 
