@@ -425,6 +425,8 @@ ANALYZE = [
     ("input-malformed", ["resnet20", "--input-size", "3xx"], "--input-size"),
     ("input-text", ["resnet20", "--input-size", "big"], "--input-size"),
     ("input-five-dims", ["resnet20", "--input-size", "3x2x2x2x2"], "--input-size"),
+    ("input-too-small-for-pools", ["vgg11_cifar", "--input-size", "3x8x8"], "cannot run on inputs of shape 3x8x8"),
+    ("input-two-dims", ["resnet20", "--input-size", "3x32"], "cannot run on inputs of shape 3x32"),
     ("num-classes-zero", ["resnet20", "--num-classes", "0"], "--num-classes"),
     ("num-classes-huge", ["resnet20", "--num-classes", "1000000000"], "--num-classes"),
     ("num-classes-text", ["resnet20", "--num-classes", "ten"], "--num-classes"),
