@@ -108,7 +108,7 @@ def load(path: str | os.PathLike) -> nn.Module:
             model = REPLAYS.get(name)(model, op)
     model.prunekit_ops = list(ops)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(models.weights.with_versions(model, state), strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: the stored weights do not fit the rebuilt {builder['name']} ({str(e).splitlines()[0][:200]} ...)") from None
     return model

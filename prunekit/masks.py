@@ -20,6 +20,15 @@ from prunekit.errors import UserError
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
+def exclude_globs(value: object, method: str) -> tuple[str, ...]:
+    """Return a method's `exclude` option as a tuple of module-name globs: one glob or a list of
+    them; anything else (a number, a mapping, a list holding a non-string) is a `UserError`."""
+    globs = (value,) if isinstance(value, str) else value
+    if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
+        raise UserError(f"method {method!r}: exclude={value!r} must be a module-name glob or a list of them (e.g. ['conv1', 'fc'])")
+    return tuple(globs)
+
+
 def prunable_layers(model: nn.Module, *, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
     """Return the conv/linear layers whose weights may be masked, by name, minus `exclude` globs.
 

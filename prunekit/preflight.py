@@ -106,15 +106,12 @@ def check_target(recipe: Any) -> None:
 
 def meta_model(recipe: Any, num_classes: int) -> Any:
     """Return the recipe's model built on the meta device (no memory allocated, random init skipped)."""
-    import torch
-
     from prunekit import models
 
     m = recipe.model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.device("meta"):
-            return models.create(m.name, num_classes=num_classes, small_input=m.small_input, **m.kwargs)
+        return models.create_on_meta(m.name, num_classes=num_classes, small_input=m.small_input, **m.kwargs)
 
 
 def _fit(model: Any, path: str) -> None:

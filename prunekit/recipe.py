@@ -160,6 +160,14 @@ class MethodSection(_Section):
             raise ValueError(f"epochs per stage must be >= 0, got {value}")
         return value
 
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("target", "ignore", "round_to"):  # arguments of the method itself: they would be given twice
+            if key in value:
+                raise ValueError(f"{key} is a field of method (method.{key}), not a method option")
+        return value
+
     @field_validator("target")
     @classmethod
     def _target(cls, value: str | None) -> str | None:

@@ -256,14 +256,11 @@ def estimate_params(name: str, kwargs: dict[str, Any]) -> tuple[int, dict[str, A
 
     Nothing is allocated: the meta device records shapes only.
     """
-    import torch
-
     from prunekit import models
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.device("meta"):
-            model = models.create(name, **kwargs)
+        model = models.create_on_meta(name, **kwargs)
     count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
     return count, dict(model.named_modules())
 

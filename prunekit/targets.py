@@ -30,10 +30,13 @@ class Target:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise UserError(f"unknown target unit {self.unit!r} (allowed: {', '.join(UNITS)})")
-        value = float(self.value)
+        try:
+            value = float(self.value)
+        except (TypeError, ValueError):
+            raise UserError(f"target {self.unit}={self.value!r}: the value is not a number") from None
         if self.unit == "accuracy_drop":
-            if not value > 0:
-                raise UserError(f"target accuracy_drop={self.value} must be > 0 (percentage points)")
+            if not 0 < value < float("inf"):
+                raise UserError(f"target accuracy_drop={self.value} must be a finite number > 0 (percentage points)")
         elif not 0.0 < value < 1.0:
             raise UserError(
                 f"target {self.unit}={self.value} is outside (0, 1): it is the fraction removed"

@@ -86,8 +86,10 @@ def _restore_model(model: nn.Module, state: dict[str, torch.Tensor], path: Path)
             module = modules.get(module_name)
             if module is not None and isinstance(getattr(module, pname, None), torch.Tensor):
                 prune.custom_from_mask(module, pname, mask.to(getattr(module, pname).device))
+    from prunekit.models.weights import with_versions
+
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(with_versions(model, state))
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:300]
         raise UserError(f"checkpoint {path} does not fit this model ({detail}); rebuild the model it was trained with") from None

@@ -63,7 +63,13 @@ def test_evaluate_with_a_users_task(tmp_path, capsys):
         (["evaluate", "resnet21", "--data", "synthetic"], "unknown model 'resnet21'"),
         (["evaluate", "resnet20", "--data", "cifar11"], "unknown dataset 'cifar11'"),
         (["evaluate", "missing/model.pt", "--data", "synthetic"], "no such file"),
-        (["evaluate", "resnet20", "--data", "synthetic", "--batch-size", "0"], "--batch-size 0 must be >= 1"),
+        (["evaluate", "resnet20", "--data", "synthetic", "--batch-size", "0"], "--batch-size: 0 is less than 1"),
+        (["evaluate", "resnet20", "--data", "synthetic", "--batch-size", "1000000000"], "--batch-size"),
+        (["evaluate", "resnet20", "--data", "synthetic", "--threads", "100000"], "--threads"),
+        (["evaluate", "resnet20", "--data", "synthetic", "--num-classes", "0"], "--num-classes"),
+        # a model that cannot take the dataset: fewer outputs than classes, other channels
+        (["evaluate", "resnet20", "--data", "synthetic", "--num-classes", "4"], "4 outputs but --data synthetic has 10 classes"),
+        (["evaluate", "resnet20", "--data", "synthetic", "--data-option", "channels=1"], "--data synthetic: resnet20 cannot run"),
     ],
 )
 def test_evaluate_mistakes_are_one_line(capsys, argv, fragment):

@@ -140,6 +140,19 @@ def test_grasp_scores_are_minus_w_hessian_gradient_and_hit_target():
     assert removed.min() >= kept.max()  # the highest S are removed
 
 
+def test_grasp_through_hardsigmoid_and_hardswish():
+    # MobileNetV3's activations: torch has no second derivative of hardsigmoid_backward, GraSP needs one
+    torch.manual_seed(0)
+    act = nn.Hardsigmoid()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), nn.Conv2d(8, 8, 1), act,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    data = batches(1, (3, 8, 8), 4)
+    m = prunekit.prune(model, method="grasp", target="sparsity=0.5", example_inputs=torch.randn(1, 3, 8, 8), data=data).model
+    got = masks.get_masks(m)
+    assert sum(int((v == 0).sum()) for v in got.values()) == round(0.5 * sum(v.numel() for v in got.values()))
+    assert "forward" not in vars(act)  # the exact twice-differentiable form is gone after scoring
+
+
 def test_synflow_scores_by_hand_and_target_without_data():
     torch.manual_seed(0)
     chain = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))

@@ -73,7 +73,22 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
         model = models.create(target, num_classes=num_classes, small_input=args.small_input)
     size = limits.parse_input_size(args.input_size, channels_expected=preflight.input_channels(model)) if args.input_size else default_input_size(model)
     model.eval()
-    return model, torch.zeros(1, *size)
+    x = torch.zeros(1, *size)
+    if args.input_size:
+        check_runs_on(model, x, f"--input-size {args.input_size}", args.model)
+    return model, x
+
+
+def check_runs_on(model: nn.Module, x: torch.Tensor, where: str, name: str) -> Any:
+    """Run `model` once on `x` (no gradients) and return its outputs; a shape the model cannot take
+    (a side too small for its pooling, other channels, a missing dimension) is a one-line
+    `UserError` starting with `where`."""
+    try:
+        with torch.no_grad():
+            return model(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise UserError(f"{where}: {name} cannot run on inputs of shape {'x'.join(map(str, x.shape[1:]))} ({first})") from None
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prunekit.cli.common import human, is_cifar_model, print_json, print_table
+from prunekit.cli.common import check_runs_on, human, is_cifar_model, print_json, print_table
+from prunekit import limits
 from prunekit.errors import UserError
 
 
@@ -36,14 +37,31 @@ def _is_file(target: str) -> bool:
     return os.path.sep in target or target.endswith((".pt", ".pth", ".th")) or os.path.exists(target)
 
 
+def check_fits_data(model: Any, bundle: Any, task: Any, args: Any) -> None:
+    """Raise a one-line `UserError` when `model` cannot take the dataset's images, or (classification)
+    has fewer outputs than the dataset has classes."""
+    import torch
+
+    x = bundle.example_inputs(1).to(args.device)
+    out = check_runs_on(model, x, f"--data {args.data}", args.model)
+    classes = bundle.num_classes
+    if task.name == "classification" and classes and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] < classes:
+        raise UserError(f"{args.model} has {out.shape[1]} outputs but --data {args.data} has {classes} classes "
+                        f"(a model for this dataset needs at least {classes}; --num-classes sets it for a model built by name)")
+
+
 def run(args: Any) -> int:
     import torch
 
     from prunekit import data, io, metrics, models, tasks
 
-    for flag, value in (("--batch-size", args.batch_size), ("--max-batches", args.max_batches), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value} must be >= 1")
+    limits.check_batch_size(args.batch_size, "--batch-size")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise UserError(f"--max-batches {args.max_batches} must be >= 1")
+    if args.threads is not None:
+        limits.check_threads(args.threads, "--threads")
+    if args.num_classes is not None:
+        limits.check_num_classes(args.num_classes, "--num-classes")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     task = tasks.create(args.task or data.default_task(args.data))
@@ -69,6 +87,7 @@ def run(args: Any) -> int:
         num_classes = args.num_classes or bundle.num_classes or (10 if is_cifar_model(args.model) else 1000)
         model = models.create(args.model, num_classes=num_classes, small_input=args.small_input, weights=args.weights)
     model = model.to(args.device).eval()
+    check_fits_data(model, bundle, task, args)
     loader = bundle.test if args.split == "test" else bundle.train
     result = task.evaluate(model, loader, device=args.device, amp=True, max_batches=args.max_batches)
     x = bundle.example_inputs(1)

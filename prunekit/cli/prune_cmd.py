@@ -58,6 +58,24 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
+#: prunekit.prune's own arguments: an --option of that name would collide with them (the flag to use, or None)
+PRUNE_ARGUMENTS = {"method": "--method", "target": "--target", "ignore": "--ignore", "round_to": "--round-to",
+                   "runtime": "--runtime", "data": "--data", "model": None, "example_inputs": "--input-size", "log": None}
+
+
+def check_method_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Return `options` when none is one of prunekit.prune's own arguments (`UserError` naming the flag to use);
+    a `task` must be a task name (a string)."""
+    for key in options:
+        if key in PRUNE_ARGUMENTS:
+            flag = PRUNE_ARGUMENTS[key]
+            use = f"use {flag}" if flag else "it is not a method option"
+            raise UserError(f"--option {key}=...: {key} is an argument of prune itself, not a method option ({use})")
+    if "task" in options and not isinstance(options["task"], str):
+        raise UserError(f"--option task={options['task']!r}: a task is a name (prunekit list tasks) or module:Class")
+    return options
+
+
 def parse_round_to(text: str | None) -> int | str | None:
     """Return the --round-to value: None, "auto" or a positive integer."""
     if text is None or text == "auto":
@@ -80,13 +98,15 @@ def run(args: Any) -> int:
     limits.check_repeats(args.repeats, "--repeats")
     # What can be checked before the slow part (loading, timing) is; prunekit.prune builds the
     # method once and validates its options.
-    options = parse_options(args.option)
+    options = check_method_options(parse_options(args.option))
     round_to = parse_round_to(args.round_to)
     options.setdefault("runtime", args.runtime)
     method_class = methods.METHODS.get(args.method)
     target = Target.parse(args.target)
     if target.unit not in method_class.units:
         raise UserError(f"method {args.method!r} takes a target in {', '.join(method_class.units)}, not {target.unit!r}")
+    method_options = {k: v for k, v in options.items() if k != "task"}
+    methods.create(args.method, target=target, round_to=round_to, **method_options)  # its options, before loading anything
     if method_class.needs_data and not args.data:
         raise UserError(f"method {args.method!r} scores with data: pass --data NAME (e.g. --data cifar10; prunekit list datasets)")
     batches, shape = load_batches(args)

@@ -94,11 +94,11 @@ class AutoRate(Method):
     ) -> dict[str, Any]:
         if acc_control is not None and self.target is not None:
             raise UserError("autorate: give the accuracy_drop target or the acc_control option, not both")
-        control = self.target.value if self.target is not None else (1.0 if acc_control is None else float(acc_control))
         round_to = self.round_to if isinstance(self.round_to, int) and not isinstance(self.round_to, bool) else None
         if self.round_to not in (None, "auto") and round_to is None:
             raise UserError(f"autorate: round_to={self.round_to!r} must be a positive integer or auto")
         try:
+            control = self.target.value if self.target is not None else (1.0 if acc_control is None else float(acc_control))
             cfg = AutoRateConfig(
                 rates=tuple(float(r) for r in rates), loss_margin=float(loss_margin), acc_control=control,
                 scaling_factor=float(scaling_factor), rounds=rounds, epochs_per_round=epochs_per_round,

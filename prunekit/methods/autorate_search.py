@@ -128,10 +128,12 @@ class AutoRateConfig:
                 raise UserError(f"autorate: {name}={value!r} must be a positive integer")
         if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or self.max_epochs < 1):
             raise UserError(f"autorate: max_epochs={self.max_epochs!r} must be a positive integer or null")
-        if not self.scaling_factor > 1:
-            raise UserError(f"autorate: scaling_factor={self.scaling_factor!r} must be > 1")
-        if not self.loss_margin >= 0:
-            raise UserError(f"autorate: loss_margin={self.loss_margin!r} must be >= 0")
+        if not 1 < self.scaling_factor < float("inf"):
+            raise UserError(f"autorate: scaling_factor={self.scaling_factor!r} must be a finite number > 1")
+        if not 0 <= self.loss_margin < float("inf"):
+            raise UserError(f"autorate: loss_margin={self.loss_margin!r} must be a finite number >= 0")
+        if not 0 <= self.acc_control < float("inf"):
+            raise UserError(f"autorate: acc_control={self.acc_control!r} (the accuracy_drop target) must be a finite number >= 0")
 
 
 def search(

@@ -214,6 +214,14 @@ class Method:
         return f"{type(self).__name__}(target={self.target}, options={self.options})"
 
 
+def seed_option(method: str, value: Any) -> int:
+    """Return a method's `seed` option when it is an integer in [0, 2**63); `UserError` otherwise
+    (a float, NaN, text or a number torch's generator cannot take)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise UserError(f"method {method!r}: seed={value!r} must be an integer in [0, 2**63)")
+    return value
+
+
 METHODS: Registry[type[Method]] = Registry("method")
 
 

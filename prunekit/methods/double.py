@@ -43,6 +43,10 @@ class Double(Method):
         for key, value in (("slimming", slimming), ("magnitude", magnitude)):
             if value is not None and not isinstance(value, dict):
                 raise UserError(f"method 'double': option {key} must be a mapping of that stage's options, got {value!r}")
+            for k in ("target", "ignore", "round_to") if key == "slimming" else ("target", "ignore"):
+                if k in (value or {}):  # the stage gets these from the method: they would be given twice
+                    where = f"{key}_target" if k == "target" else f"the method's {k}"
+                    raise UserError(f"method 'double': option {key} may not set {k} (give it as {where})")
         targets = {"slimming": slimming_target, "magnitude": magnitude_target}
         if self.target is not None:
             stage = "magnitude" if self.target.unit == "sparsity" else "slimming"

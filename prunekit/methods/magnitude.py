@@ -69,7 +69,7 @@ class Magnitude(Method):
         self,
         *,
         scope: str = "global",
-        exclude: tuple[str, ...] | list[str] = (),
+        exclude: tuple[str, ...] | list[str] | str = (),
         schedule: str = "oneshot",
         rounds: int = 3,
         epochs_per_round: int = 1,
@@ -83,7 +83,7 @@ class Magnitude(Method):
             raise UserError(f"method 'magnitude': scope {scope!r} is not one of global, layer")
         if schedule not in SCHEDULES:
             raise UserError(f"method 'magnitude': schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
-        opts: dict[str, Any] = {"scope": scope, "exclude": tuple(exclude), "schedule": schedule}
+        opts: dict[str, Any] = {"scope": scope, "exclude": masks.exclude_globs(exclude, self.name), "schedule": schedule}
         if schedule == "iterative":
             opts["rounds"] = _int_option("rounds", rounds, low=1)
             opts["epochs_per_round"] = _int_option("epochs_per_round", epochs_per_round, low=1)

@@ -83,14 +83,17 @@ class SoftFilterPruning(Method):
 
     def configure(self, *, rate: float | None = None, every: int = 1, scope: str = "layer", zero_at_init: bool = False,
                   zero_norm: bool = True, **options: Any) -> dict[str, Any]:
-        if rate is not None and self.target is not None and abs(float(rate) - self.target.value) > 1e-12:
-            raise UserError(f"method 'sfp': option rate={rate} contradicts target {self.target}; give one of them")
+        given = rate
         if rate is None:
             rate = self.target.value if self.target is not None else 0.3
+        if isinstance(rate, bool):
+            rate = "a boolean"
         try:
             rate = float(rate)
         except (TypeError, ValueError):
-            raise UserError(f"method 'sfp': rate={rate!r} must be a number in (0, {MAX_RATIO}] (the fraction of filters pruned)") from None
+            raise UserError(f"method 'sfp': rate={given!r} must be a number in (0, {MAX_RATIO}] (the fraction of filters pruned)") from None
+        if given is not None and self.target is not None and abs(rate - self.target.value) > 1e-12:
+            raise UserError(f"method 'sfp': option rate={given} contradicts target {self.target}; give one of them")
         if not 0.0 < rate <= MAX_RATIO:
             raise UserError(f"method 'sfp': rate={rate} must be in (0, {MAX_RATIO}] (the fraction of filters pruned)")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:

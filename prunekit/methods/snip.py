@@ -91,6 +91,25 @@ def scoring_state(model: nn.Module, *, train: bool) -> Iterator[nn.Module]:
             p.grad = g
 
 
+def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.relu6(x + 3.0) / 6.0
+
+
+@contextlib.contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with `model`'s Hardsigmoid/Hardswish modules computed as relu6(x + 3) / 6 (and
+    x times that): the same function, but one torch can differentiate twice (GraSP's
+    Hessian-gradient product; hardsigmoid_backward has no derivative, e.g. in MobileNetV3)."""
+    swapped = [m for m in model.modules() if isinstance(m, (nn.Hardsigmoid, nn.Hardswish))]
+    for m in swapped:
+        m.forward = _hardsigmoid if isinstance(m, nn.Hardsigmoid) else (lambda x: x * _hardsigmoid(x))
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            del m.forward
+
+
 def _layers(model: nn.Module, exclude: Sequence[str]) -> dict[str, nn.Module]:
     return masks.prunable_layers(model, exclude=tuple(exclude))
 
@@ -138,7 +157,7 @@ def grasp_scores(
     chosen = take_batches(data, batches, device=_device(model), method="grasp", task=task)
     g = [torch.zeros_like(p) for p in params]
     hg = [torch.zeros_like(p) for p in params]
-    with scoring_state(model, train=True):
+    with scoring_state(model, train=True), twice_differentiable(model), _second_derivatives("grasp"):
         for batch in chosen:
             loss = task_loss(task, model, batch, scale=temperature)
             for acc, d in zip(g, torch.autograd.grad(loss, params)):
@@ -150,6 +169,20 @@ def grasp_scores(
             for acc, d in zip(hg, torch.autograd.grad(z, params)):
                 acc += d
     return {name: -(masks.weight_of(m).detach() * h) for (name, m), h in zip(layers.items(), hg)}
+
+
+@contextlib.contextmanager
+def _second_derivatives(method: str) -> Iterator[None]:
+    """Turn torch's "derivative for OP is not implemented" (an op without a second derivative,
+    called functionally) into a one-line `UserError` naming the op and what to use instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = " ".join(str(err).split())
+        if "derivative for" not in text or "not implemented" not in text:
+            raise
+        raise UserError(f"method {method!r} needs second derivatives, which torch does not implement for an op of this model "
+                        f"({text[:120]}); use snip or synflow") from None
 
 
 def synflow_scores(model: nn.Module, *, example_inputs: Any, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
@@ -214,8 +247,7 @@ class _AtInitMasks(Method):
     units = ("sparsity",)
 
     def configure(self, *, exclude: Sequence[str] | str = (), **options: Any) -> dict[str, Any]:
-        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        return {"exclude": exclude, **super().configure(**options)}
+        return {"exclude": masks.exclude_globs(exclude, self.name), **super().configure(**options)}
 
     def excluded(self, model: nn.Module) -> tuple[str, ...]:
         """Return the module-name globs kept dense: `exclude` plus `ignore` (modules by their name)."""
@@ -286,8 +318,8 @@ class Grasp(_AtInitMasks):
     description = "gradient-flow preservation at initialisation, S = -w * Hg, highest removed (Wang et al. 2020)"
 
     def configure(self, *, batches: int = 1, temperature: float = 200.0, **options: Any) -> dict[str, Any]:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-            raise UserError(f"method 'grasp': temperature={temperature!r} must be a number > 0")
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 < temperature < float("inf"):
+            raise UserError(f"method 'grasp': temperature={temperature!r} must be a finite number > 0")
         return {"batches": _positive_int(self.name, "batches", batches), "temperature": float(temperature),
                 **super().configure(**options)}
 

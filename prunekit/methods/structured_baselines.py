@@ -9,7 +9,7 @@ from torch import nn
 
 from prunekit import structure
 from prunekit.errors import UserError
-from prunekit.methods.base import Batches, Method, register
+from prunekit.methods.base import Batches, Method, register, seed_option
 
 
 class StructuredMethod(Method):
@@ -109,7 +109,7 @@ class RandomFilter(StructuredMethod):
     description = "remove randomly chosen channels (seeded): the structured baseline every method must beat"
 
     def configure(self, *, seed: int = 0, **options: Any) -> dict[str, Any]:
-        return {"seed": int(seed), **super().configure(**options)}
+        return {"seed": seed_option(self.name, seed), **super().configure(**options)}
 
     def importance(self, model, *, example_inputs, data):
         return structure.RandomImportance(seed=self.options["seed"])

@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit import inputs, lowrank, structure
 from prunekit.errors import UserError
-from prunekit.methods.base import Batches, Method, register
+from prunekit.methods.base import Batches, Method, register, seed_option
 from prunekit.metrics import measure
 
 
@@ -69,7 +69,7 @@ class SVDLowRank(Method):
         if not isinstance(finetune_orthogonality, bool):
             raise UserError(f"method 'svd': finetune_orthogonality={finetune_orthogonality!r} must be true or false")
         return {"mode": mode, "init": init, **numbers, "penalty": penalty,
-                "finetune_orthogonality": finetune_orthogonality, "seed": int(seed)}
+                "finetune_orthogonality": finetune_orthogonality, "seed": seed_option(self.name, seed)}
 
     # hooks -------------------------------------------------------------------------------------
     def at_init(self, model: nn.Module, *, example_inputs: torch.Tensor, data: Batches | None = None) -> nn.Module:

@@ -25,7 +25,7 @@ from prunekit.models.weights import load_weights, read_torch_file
 from prunekit.registry import Registry
 
 __all__ = [
-    "MODELS", "create", "list_models", "load_weights", "read_torch_file", "register_model",
+    "MODELS", "create", "create_on_meta", "list_models", "load_weights", "read_torch_file", "register_model",
     "adapt_small_input", "CifarResNet", "CifarVGG", "ShortcutA", "ShortcutAPruner",
 ]
 
@@ -116,3 +116,36 @@ def create(name: str, *, num_classes: int | None = None, small_input: bool = Fal
         load_weights(model, weights)
     model.prunekit_builder = {"name": name, "kwargs": {"num_classes": num_classes, "small_input": bool(small_input), **kwargs}}
     return model
+
+
+def create_on_meta(name: str, **kwargs: Any) -> nn.Module:
+    """Return model `name` (`create`'s arguments, no `weights`) with every parameter and buffer on
+    the meta device: shapes only, nothing allocated, no random init.
+
+    A builder that computes with tensors while it builds (RegNet turns its stage widths into a
+    list) cannot run under the meta device; it is then built on the CPU with each parameter and
+    buffer moved to the meta device as it is registered, before its initialisation touches it.
+    """
+    import torch
+    from torch.nn.modules import module as torch_module
+
+    try:
+        with torch.device("meta"):
+            return create(name, **kwargs)
+    except NotImplementedError as err:
+        if "meta tensor" not in str(err):
+            raise
+
+    def to_meta(_module: nn.Module, _name: str, tensor: Any) -> Any:
+        if tensor is None:
+            return None
+        meta = tensor.to("meta")
+        return nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+
+    hooks = [torch_module.register_module_parameter_registration_hook(to_meta),
+             torch_module.register_module_buffer_registration_hook(to_meta)]
+    try:
+        return create(name, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()

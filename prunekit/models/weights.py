@@ -63,6 +63,23 @@ def check_fit(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, 
         raise UserError(f"{source}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
 
 
+def with_versions(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """Return `sd`, or (when it has none) a copy carrying `model`'s per-module state-dict versions.
+
+    `Module.state_dict()` records each module's `_version` in a `_metadata` attribute that a plain
+    dict of tensors (a prunekit file, a rebuilt or filtered state dict) does not keep; modules
+    whose `_load_from_state_dict` reads it (torchvision's MNASNet refuses version None) then fail.
+    The model was built by the current code, so its own versions are the ones the tensors have.
+    """
+    if getattr(sd, "_metadata", None) is not None:
+        return sd
+    from collections import OrderedDict
+
+    out = OrderedDict(sd)
+    out._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return out
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load the weights in `path` into `model` (in place) and return `model`.
 
@@ -82,5 +99,5 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
     """Load `sd` into `model`: every key must fit (missing `num_batches_tracked` tolerated), else `UserError`."""
     check_fit(model, sd, source=os.fspath(path))
-    model.load_state_dict(sd, strict=False)
+    model.load_state_dict(with_versions(model, sd), strict=False)
     return model
