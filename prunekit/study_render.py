@@ -205,14 +205,8 @@ def plot_arms(record: dict[str, Any], results: dict[str, dict[str, Any] | None],
     return out
 
 
-def render_study(out_dir: str | Path) -> dict[str, Any]:
-    """Re-render `study.md` and the plots of a study directory from its run directories.
-
-    Returns {"path", "table", "headline"}; a directory without study.json is a `UserError`.
-    """
-    from prunekit.io import atomic_write
-
-    out = Path(out_dir)
+def _read_study(out: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None]]:
+    """Read a study directory's study.json and each point's metrics (None: not run yet)."""
     path = out / STUDY_FILE
     if not path.is_file():
         raise UserError(f"{out}: not a study directory (no {STUDY_FILE}; prunekit study writes it)")
@@ -221,7 +215,25 @@ def render_study(out_dir: str | Path) -> dict[str, Any]:
         record["points"] = [{"slug": str(p["slug"]), "labels": dict(p["labels"])} for p in record["points"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path}: unreadable ({' '.join(str(err).split())[:200]})") from None
-    results = {p["slug"]: _read_point(out, p["slug"]) for p in record["points"]}
+    return record, {p["slug"]: _read_point(out, p["slug"]) for p in record["points"]}
+
+
+def study_markdown(out_dir: str | Path) -> dict[str, str]:
+    """Return {"table", "headline"}: the markdown `render_study` would write for a study directory,
+    read from its run directories without writing anything (a directory without study.json is a `UserError`)."""
+    record, results = _read_study(Path(out_dir))
+    return {"table": study_table(record, results), "headline": headline_markdown(record, headline(record, results))}
+
+
+def render_study(out_dir: str | Path) -> dict[str, Any]:
+    """Re-render `study.md` and the plots of a study directory from its run directories.
+
+    Returns {"path", "table", "headline"}; a directory without study.json is a `UserError`.
+    """
+    from prunekit.io import atomic_write
+
+    out = Path(out_dir)
+    record, results = _read_study(out)
     table = study_table(record, results)
     rows = headline(record, results)
     head = headline_markdown(record, rows)

@@ -132,3 +132,29 @@ def test_speedup_table_renders_speedup_efficiency_and_macs_removed():
     page = speedup_table.render(results)
     assert "| mobilenet_v2 (224) | `macs=0.5` | ONNX Runtime | 10.00 (2 %) | - | 2.00x (1.00), round_to 4 |" in page
     assert "2.00x (0.80), 60 % of MACs (warned) |" in page and "load average 1.00 at the start" in page
+
+
+def test_study_page_matches_the_study_record():
+    import study_record
+
+    assert study_record.main(["--check", str(REPO / "results" / "pvs")]) == 0, (
+        "docs/pretrained-vs-scratch.md is stale: run python benchmarks/study_record.py results/pvs")
+
+
+def test_study_page_check_fails_on_a_changed_record(tmp_path):
+    import shutil
+
+    import study_record
+
+    record = tmp_path / "pvs"
+    shutil.copytree(REPO / "results" / "pvs", record)
+    page = tmp_path / "page.md"
+    page.write_text("intro\n", encoding="utf-8")
+    assert study_record.main(["--page", str(page), str(record)]) == 0  # appends the generated part
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("intro\n") and study_record.BEGIN in text and "48/48" not in text
+    metrics = json.loads((record / "cifar10-scratch-dense" / "metrics.json").read_text())
+    assert f"| {metrics['final']['top1']:.2f} |" in text
+    metrics["final"]["top1"] = 12.34
+    (record / "cifar10-scratch-dense" / "metrics.json").write_text(json.dumps(metrics))
+    assert study_record.main(["--check", "--page", str(page), str(record)]) == 1
