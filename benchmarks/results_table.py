@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_targets import targets_section  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results"
 RECIPES = REPO / "recipes" / "results"
@@ -159,6 +162,7 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
         if missing:
             lines += ["Not yet run: " + ", ".join(f"`{s}`" for s in missing) + ".", ""]
     lines += double_table(records, recipes)
+    lines += targets_section(records)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -158,3 +158,37 @@ def test_study_page_check_fails_on_a_changed_record(tmp_path):
     metrics["final"]["top1"] = 12.34
     (record / "cifar10-scratch-dense" / "metrics.json").write_text(json.dumps(metrics))
     assert study_record.main(["--check", "--page", str(page), str(record)]) == 1
+
+
+def _row(method, target, before, after, params_removed, macs_removed, minutes=10):
+    m = _record(before, 1.0, after, 1.0 - macs_removed)
+    m.update(method=method, target=target, wall_time_s={"total": minutes * 60})
+    m["achieved"]["params"] = params_removed
+    return m
+
+
+def test_targets_section_judges_each_target_from_the_records():
+    import results_targets
+
+    records = {
+        "resnet20-l1_filter-macs0.5": _row("l1_filter", "macs=0.5", 88.0, 87.2, 0.45, 0.5),   # -0.8
+        "resnet20-slimming-macs0.5": _row("slimming", "macs=0.5", 88.0, 86.0, 0.40, 0.5),
+        "resnet20-tp_group_l2-macs0.5": _row("tp_group_l2", "macs=0.5", 88.0, 86.7, 0.45, 0.5),  # best is +0.50 above it
+        "resnet20-random-macs0.5": _row("random", "macs=0.5", 88.0, 86.5, 0.45, 0.5),
+        "resnet20-sfp-channels0.3": _row("sfp", "channels=0.3", 88.0, 86.0, 0.51, 0.5),          # -2.0: missed
+        "resnet20-svd-channel-params0.5": _row("svd", "params=0.5", 88.0, 87.0, 0.50, 0.4),      # -1.0 at 50 %: met
+        "resnet20-autorate-drop1": _row("autorate", "accuracy_drop=1", 88.0, 87.5, 0.30, 0.3, minutes=41),
+    }
+    text = "\n".join(results_targets.targets_section(records))
+    assert "`resnet20-l1_filter-macs0.5`, lost 0.80 points (50.0 % of MACs removed). Within 1.0 point: **met**" in text
+    assert "+0.50 points of top-1. At least +0.3: **met**" in text
+    assert "at or below it: `resnet20-sfp-channels0.3`, `resnet20-slimming-macs0.5`." in text
+    assert "`sfp` >= 50 % of parameters removed at <= 1.5 points: **missed** (`resnet20-sfp-channels0.3` 51.0 % removed, lost 2.00 points)" in text
+    assert "`svd` >= 50 % of parameters removed at <= 1.5 points: **met**" in text
+    assert "within its accuracy_drop (1 points): **missed** (`resnet20-autorate-drop1`: 30.0 % removed, lost 0.50 points)" in text
+    assert "**missed** (longest `resnet20-autorate-drop1`, 41 min" in text
+    records["resnet20-l1_filter-macs0.5"] = _row("l1_filter", "macs=0.5", 88.0, 86.8, 0.45, 0.5)  # now below tp
+    text = "\n".join(results_targets.targets_section(records))
+    assert "Within 1.0 point: **missed**" in text and "+0.10 points of top-1. At least +0.3: **missed**" in text
+    assert "not yet measured" not in text
+    assert "not yet measured" in "\n".join(results_targets.targets_section({}))
