@@ -192,3 +192,28 @@ def test_targets_section_judges_each_target_from_the_records():
     assert "Within 1.0 point: **missed**" in text and "+0.10 points of top-1. At least +0.3: **missed**" in text
     assert "not yet measured" not in text
     assert "not yet measured" in "\n".join(results_targets.targets_section({}))
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a markdown page: lower case, punctuation but '-' dropped, spaces to '-'."""
+    import re
+
+    heads = [line.lstrip("#").strip() for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_readme_method_table_links_every_method_to_its_results():
+    import re
+
+    import prunekit.methods  # noqa: F401  (registers the methods)
+    from prunekit.methods.base import list_methods
+
+    rows = {line.split("`")[1]: line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `")}
+    for name in list_methods():
+        assert name in rows, f"README's method table has no row for {name}"
+        last_cell = re.split(r"(?<!\\)\|", rows[name].rstrip(" |"))[-1]
+        links = re.findall(r"\]\((docs/[^)#]+)#([^)]+)\)", last_cell)
+        assert links, f"README: {name}'s row links to no results section"
+        for doc, anchor in links:
+            assert anchor in _anchors(REPO / doc), f"README: {name} links to {doc}#{anchor}, no such heading"
