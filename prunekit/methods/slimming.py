@@ -173,8 +173,8 @@ class Slimming(Method):
             lam = float(sparsity_lambda)
         except (TypeError, ValueError):
             lam = -1.0
-        if not lam >= 0:
-            raise UserError(f"method 'slimming': sparsity_lambda={sparsity_lambda!r} must be a number >= 0 (paper: 1e-4 VGG, 1e-5 ResNet)")
+        if not 0 <= lam < float("inf"):
+            raise UserError(f"method 'slimming': sparsity_lambda={sparsity_lambda!r} must be a finite number >= 0 (paper: 1e-4 VGG, 1e-5 ResNet)")
         self._bn_names: list[str] | None = None
         return {"sparsity_lambda": lam, **super().configure(**options)}
 

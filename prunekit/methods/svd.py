@@ -64,8 +64,10 @@ class SVDLowRank(Method):
                 raise UserError(f"method 'svd': {key}={value!r} is not a number") from None
         if not 0.0 < numbers["energy"] <= 1.0:
             raise UserError(f"method 'svd': energy={energy} must be in (0, 1] (the fraction of sum s^2 KEPT)")
-        if numbers["lambda_o"] < 0 or numbers["lambda_s"] < 0:
-            raise UserError("method 'svd': lambda_o and lambda_s must be >= 0")
+        for key in ("lambda_o", "lambda_s"):
+            # NaN and inf would pass a plain `< 0` check and turn every loss into NaN/inf
+            if not 0.0 <= numbers[key] < float("inf"):
+                raise UserError(f"method 'svd': {key}={numbers[key]!r} must be a finite number >= 0")
         if not isinstance(finetune_orthogonality, bool):
             raise UserError(f"method 'svd': finetune_orthogonality={finetune_orthogonality!r} must be true or false")
         return {"mode": mode, "init": init, **numbers, "penalty": penalty,
