@@ -723,3 +723,22 @@ def test_resume_with_replaced_state_files(capsys, finished_run, files, tmp_path,
     shutil.copy(files[source], out / "state" / name)
     err = one_line_exit_2(capsys, ["run", str(recipe), "--out", str(out), "--resume", "--quiet"])
     assert name in err and fragment in err, err
+
+
+def test_prune_data_whose_images_the_model_cannot_take_names_data(capsys, tmp_path, monkeypatch):
+    """Grey MNIST digits into an RGB ResNet: the error names --data, which the user gave, not --input-size."""
+    import gzip
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in ("train", "t10k"):
+        for kind, array in (("images-idx3", np.zeros((4, 28, 28), np.uint8)), ("labels-idx1", np.arange(4, dtype=np.uint8))):
+            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            (raw / f"{stem}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    err = one_line_exit_2(capsys, ["prune", "resnet20", "--method", "snip_channel", "--target", "params=0.5", "--data", "mnist",
+                                   "--data-root", str(tmp_path), "--data-batches", "1", "--out", str(tmp_path / "out.pt")])
+    assert "--data mnist" in err and "--input-size" not in err and "1 channel" in err, err
+    assert not (tmp_path / "out.pt").exists()

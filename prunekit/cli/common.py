@@ -71,11 +71,14 @@ def load_model(args: Any) -> tuple[nn.Module, torch.Tensor]:
         if num_classes is not None:
             limits.check_num_classes(num_classes, "--num-classes")
         model = models.create(target, num_classes=num_classes, small_input=args.small_input)
-    size = limits.parse_input_size(args.input_size, channels_expected=preflight.input_channels(model)) if args.input_size else default_input_size(model)
+    # a shape taken from --data names --data in its errors: the user never typed an --input-size
+    where = getattr(args, "input_size_from", None) or "--input-size"
+    size = (limits.parse_input_size(args.input_size, channels_expected=preflight.input_channels(model), where=where)
+            if args.input_size else default_input_size(model))
     model.eval()
     x = torch.zeros(1, *size)
     if args.input_size:
-        check_runs_on(model, x, f"--input-size {args.input_size}", args.model)
+        check_runs_on(model, x, f"{where} {args.input_size}", args.model)
     return model, x
 
 

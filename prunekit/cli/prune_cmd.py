@@ -112,6 +112,7 @@ def run(args: Any) -> int:
     batches, shape = load_batches(args)
     if shape is not None and not args.input_size:
         args.input_size = "x".join(str(d) for d in shape)
+        args.input_size_from = f"--data {args.data} (its images are)"
     model, x = load_model(args)
     structure.resolve_ignore(model, args.ignore)
     lat_before = bench.latency(model, x, batch_size=1, repeats=max(1, args.repeats), runtime=args.runtime)
