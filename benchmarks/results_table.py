@@ -34,6 +34,7 @@ TABLES = (
     ("ResNet-20, structured, half the MACs", "resnet20-", ("-macs0.5", "sfp")),
     ("ResNet-20, structured and low-rank, half the parameters", "resnet20-", ("-params0.5", "autorate")),
     ("ResNet-20, unstructured sparsity", "resnet20-", ("sparsity",)),
+    ("ResNet-56, structured (its own budget: 2 epochs after its baseline)", "resnet56-", ("-macs0.5", "sfp", "autorate")),
 )
 
 
@@ -86,7 +87,7 @@ def measure_latency(records: dict[str, dict[str, Any]], *, rounds: int, per_roun
 def _pair(latency: dict[str, Any] | None, stem: str, runtime: str) -> tuple[float, float] | None:
     """(baseline ms, row ms) on `runtime` from the side-by-side record, or None."""
     lat = (latency or {}).get("latency_ms", {})
-    base, mine = lat.get("resnet20-baseline", {}).get(runtime), lat.get(stem, {}).get(runtime)
+    base, mine = lat.get(f"{stem.split('-')[0]}-baseline", {}).get(runtime), lat.get(stem, {}).get(runtime)
     return (base["median"], mine["median"]) if base and mine else None
 
 
@@ -138,19 +139,20 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
     else:
         lines += ["Latency: measured by each run on its machine (the project's 2-core CPU machine, 1 thread, batch 1, "
                   "median), baseline and pruned timed interleaved in the same run.", ""]
-    base = records.get("resnet20-baseline")
-    if base:
-        f = base["final"]
-        epochs = _baseline_start(RECORDS / "resnet20-baseline" / "recipe.yaml")[0]
-        lines += [f"Baseline (`recipes/results/resnet20-baseline.yaml`): the pretrained ResNet-20 fine-tuned {epochs} epochs on the "
-                  f"whole train split: top-1 {f['top1']:.2f} % on the 10,000 test images, {_human(f['params'])} params, "
-                  f"{_human(f['macs'])} MACs, {f['latency_ms']:.2f} ms (measured while the machine was shared; each row "
-                  "times its own baseline and pruned model side by side).", ""]
-    else:
-        lines += ["Baseline: not yet run.", ""]
+    for model, name, shipped in (("resnet20", "ResNet-20", "81 %"), ("resnet56", "ResNet-56", "83 %")):
+        base = records.get(f"{model}-baseline")
+        if base:
+            f = base["final"]
+            epochs = _baseline_start(RECORDS / f"{model}-baseline" / "recipe.yaml")[0]
+            lines += [f"{name} baseline (`recipes/results/{model}-baseline.yaml`): the pretrained {name} (about {shipped} on this "
+                      f"JPEG test split as shipped) fine-tuned {epochs} epochs on the whole train split: top-1 {f['top1']:.2f} % on "
+                      f"the 10,000 test images, {_human(f['params'])} params, {_human(f['macs'])} MACs, {f['latency_ms']:.2f} ms "
+                      f"(its run's own timing), {base['wall_time_s']['total'] / 60:.0f} min.", ""]
+        elif f"{model}-baseline" in recipes:
+            lines += [f"{name} baseline (`recipes/results/{model}-baseline.yaml`): not yet run.", ""]
     for title, prefix, keys in TABLES:
         # a double row's stem holds "-macs0.5" and "sparsity" too; it has its own table
-        stems = [s for s in recipes if s.startswith(prefix) and any(k in s for k in keys) and s != "resnet20-baseline"
+        stems = [s for s in recipes if s.startswith(prefix) and any(k in s for k in keys) and not s.endswith("-baseline")
                  and "-double-" not in s]
         if not stems:
             continue

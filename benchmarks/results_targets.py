@@ -87,7 +87,7 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
         parts = [f"`{s}` {100 * m['achieved']['params']:.1f} % removed, {_lost(m)}" for s, m in sorted(rows.items())]
         ok = any(m["achieved"]["params"] >= 0.5 and _drop(m) <= 1.5 for m in rows.values())
         lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(ok)} ({'; '.join(parts)}).")
-    auto = {s: m for s, m in records.items() if s.startswith("resnet20-") and m["method"] == "autorate"}
+    auto = {s: m for s, m in records.items() if s.startswith(("resnet20-", "resnet56-")) and m["method"] == "autorate"}
     if auto:
         for s, m in sorted(auto.items()):
             allowed = float(str(m.get("target", "accuracy_drop=nan")).split("=")[-1])
