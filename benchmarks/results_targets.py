@@ -101,6 +101,10 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
         longest = max(walls, key=walls.get)
         lines.append(f"- Each run within about {MINUTES_LIMIT:.0f} minutes: {_verdict(walls[longest] <= MINUTES_LIMIT * 1.1)} "
                      f"(longest `{longest}`, {walls[longest]:.0f} min; median {sorted(walls.values())[len(walls) // 2]:.0f} min).")
+    resumed = sorted(s for s, m in records.items() if m.get("resumed_at"))
+    if resumed:
+        lines.append(f"- Runs resume after an interruption: {len(resumed)} recorded run(s) were killed part-way and resumed from "
+                     "their last stage or epoch checkpoint (`resumed_at` in the record): " + ", ".join(f"`{s}`" for s in resumed) + ".")
     lines += ["", "What the papers report, for comparison (their data and budgets):", ""]
     lines += [f"- {text}" for text in LITERATURE]
     return lines + [""]

@@ -179,7 +179,9 @@ def test_targets_section_judges_each_target_from_the_records():
         "resnet20-svd-channel-params0.5": _row("svd", "params=0.5", 88.0, 87.0, 0.50, 0.4),      # -1.0 at 50 %: met
         "resnet20-autorate-drop1": _row("autorate", "accuracy_drop=1", 88.0, 87.5, 0.30, 0.3, minutes=41),
     }
+    records["resnet20-svd-channel-params0.5"]["resumed_at"] = ["2026-12-04T05:24:46+00:00"]
     text = "\n".join(results_targets.targets_section(records))
+    assert "1 recorded run(s) were killed part-way and resumed" in text and "resumed_at" in text
     assert "`resnet20-l1_filter-macs0.5`, lost 0.80 points (50.0 % of MACs removed). Within 1.0 point: **met**" in text
     assert "+0.50 points of top-1. At least +0.3: **met**" in text
     assert "at or below it: `resnet20-sfp-channels0.3`, `resnet20-slimming-macs0.5`." in text
