@@ -75,7 +75,7 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
                    f"{91.8 - top1:.1f} points below the original: the start is itself still adapting to the data.")
     rows = {s: m for s, m in _macs_rows(records).items() if "params" in m["achieved"]}
     if len(rows) > 1:
-        parts = [f"`{m['method']}` {100 * m['achieved']['params']:.1f} % ({_lost(m)})" for _, m in sorted(rows.items())]
+        parts = [f"`{s.removeprefix('resnet20-')}` {100 * m['achieved']['params']:.1f} % ({_lost(m)})" for s, m in sorted(rows.items())]
         out.append("- **What is removed.** At the same half of the MACs the methods take different parameters: "
                    + ", ".join(parts) + ".")
         stages = _stage_channels_removed(best[1])

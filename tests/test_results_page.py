@@ -233,7 +233,7 @@ def test_shortfall_explains_a_missed_target_with_the_records_numbers():
     records = {"resnet20-snip_channel-macs0.5": best, "resnet20-l1_filter-macs0.5": _row("l1_filter", "macs=0.5", 88.0, 84.0, 0.52, 0.5)}
     text = "\n".join(results_targets.shortfall(records))
     assert "**Budget.** Every row gets 3 epochs" in text
-    assert "`l1_filter` 52.0 % (lost 4.00 points), `snip_channel` 30.0 % (lost 2.00 points)" in text
+    assert "`l1_filter-macs0.5` 52.0 % (lost 4.00 points), `snip_channel-macs0.5` 30.0 % (lost 2.00 points)" in text
     assert "removes 38 % of the conv channels of `layer1`" in text and "6 % of `layer3`" in text  # 12/32 and 8/128
     records["resnet20-snip_channel-macs0.5"] = _row("snip_channel", "macs=0.5", 88.0, 87.5, 0.30, 0.5)
     assert results_targets.shortfall(records) == []  # within a point: nothing to explain
