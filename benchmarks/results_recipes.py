@@ -121,11 +121,17 @@ def rows() -> dict[str, dict]:
             {"name": "svd", "target": "params=0.5",
              "options": {"mode": mode, "init": "svd", "lambda_o": 1.0, "lambda_s": 0.01, "penalty": "hoyer"}},
             hook_epochs=1)
+    # autorate's own budget (issue 13: "with the budget it needs, stated"): the reference retrains
+    # each candidate up to 10 epochs for up to 100 rounds; on one CPU thread a candidate gets up to
+    # 3 retraining "epochs" of 60 steps (7,680 images, about 1 min with its test evaluation), 15 of
+    # them in all, before the 3 fine-tuning epochs every row gets. (A first record at 1 x 40 steps
+    # per candidate, 8 rounds, accepted no candidate: the best, 9 % of the parameters removed,
+    # reached 85.54 % where 86.67 % was needed.)
     out["resnet20-autorate-drop1"] = recipe(
         "resnet20-autorate-drop1",
         {"name": "autorate", "target": "accuracy_drop=1", "data_batches": 8,
-         "options": {"batches": 8, "rounds": 8, "epochs_per_round": 1,
-                     "train": {"lr": 0.01, "schedule": "constant", "weight_decay": 5.0e-4, "max_steps_per_epoch": 40}}})
+         "options": {"batches": 8, "rounds": 12, "epochs_per_round": 3, "max_epochs": 15,
+                     "train": {"lr": 0.01, "schedule": "constant", "weight_decay": 5.0e-4, "max_steps_per_epoch": 60}}})
     for s in (0.5, 0.8, 0.9):
         out[f"resnet20-magnitude-oneshot-sparsity{s}"] = recipe(
             f"resnet20-magnitude-oneshot-sparsity{s}",

@@ -240,3 +240,24 @@ def test_shortfall_explains_a_missed_target_with_the_records_numbers():
     assert "removes 38 % of the conv channels of `layer1`" in text and "6 % of `layer3`" in text  # 12/32 and 8/128
     records["resnet20-snip_channel-macs0.5"] = _row("snip_channel", "macs=0.5", 88.0, 87.5, 0.30, 0.5)
     assert results_targets.shortfall(records) == []  # within a point: nothing to explain
+
+
+def test_autorate_miss_names_its_search_from_the_record():
+    import results_targets
+
+    row = _row("autorate", "accuracy_drop=1", 88.0, 88.1, 0.0, 0.0)
+    row["baseline"]["params"] = 1000
+    row["method_info"] = {
+        "baseline_top1": 88.0, "epochs": 5, "stopped": "rounds", "config": {"epochs_per_round": 3, "acc_control": 1.0},
+        "rounds": [
+            {"round": 1, "accepted": False, "top1": [60.0, 70.0], "params": 500},
+            {"round": 2, "accepted": False, "top1": [], "note": "same candidate as round 1"},
+            {"round": 3, "accepted": True, "top1": [87.5], "params": 900},
+            {"round": 4, "accepted": False, "top1": [85.0, 86.5], "params": 800},
+        ],
+    }
+    text = "\n".join(results_targets.targets_section({"resnet20-autorate-drop1": row}))
+    assert "**missed**" in text
+    assert "4 rounds, 3 candidates retrained (up to 3 retraining pass(es) each, 5 in all" in text
+    assert "1 accepted, the last at 10.0 % of the parameters removed" in text
+    assert "closest rejected candidate (20.0 % of the parameters removed) reached 86.50 % where more than 87.00 % was needed" in text
