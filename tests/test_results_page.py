@@ -261,3 +261,24 @@ def test_autorate_miss_names_its_search_from_the_record():
     assert "4 rounds, 3 candidates retrained (up to 3 retraining pass(es) each, 5 in all" in text
     assert "1 accepted, the last at 10.0 % of the parameters removed" in text
     assert "closest rejected candidate (20.0 % of the parameters removed) reached 86.50 % where more than 87.00 % was needed" in text
+
+
+def test_a_resnet56_row_over_the_run_limit_is_estimated_from_the_records():
+    import results_table
+
+    b20, b56 = _record(88.0, 1.0, 88.0, 1.0), _record(90.0, 3.0, 90.0, 3.0)  # 3x the MACs
+    twin = _row("autorate", "accuracy_drop=1", 88.0, 88.0, 0.2, 0.2)
+    twin["wall_time_s"] = {"baseline": 30, "method0": 600, "finetune0": 700, "final": 30, "total": 1360}
+    r56 = _row("l1_filter", "macs=0.5", 90.0, 89.0, 0.5, 0.5)
+    r56["wall_time_s"] = {"baseline": 60, "method0": 10, "finetune0": 1080, "final": 60, "total": 1210}
+    records = {"resnet20-baseline": b20, "resnet56-baseline": b56, "resnet20-autorate-drop1": twin, "resnet56-l1_filter-macs0.5": r56}
+    why = results_table.over_budget("resnet56-autorate-drop1", records)
+    # 10 min x 3.0 = 30 min of search + 20 min of fine-tuning and evaluation
+    assert why.startswith("estimated 50 min from the records, over the 30-minute limit per run")
+    assert "(10 min) x 3.0 (ResNet-56 / ResNet-20 MACs) = 30 min, plus 20 min" in why
+    twin["wall_time_s"]["method0"] = 60  # 3 + 20 min: within the limit, so it is simply not yet run
+    assert results_table.over_budget("resnet56-autorate-drop1", records) is None
+    assert results_table.over_budget("resnet56-sfp-channels0.3", records) is None  # no ResNet-20 twin recorded
+    page = results_table.render({**records, "resnet20-autorate-drop1": {**twin, "wall_time_s": {**twin["wall_time_s"], "method0": 600}}},
+                                ["resnet56-baseline", "resnet56-l1_filter-macs0.5", "resnet56-autorate-drop1"], None)
+    assert "Not run: `resnet56-autorate-drop1`, estimated 50 min" in page
