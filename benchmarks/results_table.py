@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_saliency import saliency_note  # noqa: E402
 from results_targets import MINUTES_LIMIT, targets_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ RECIPES = REPO / "recipes" / "results"
 PAGE = REPO / "docs" / "results.md"
 RUNS = REPO / "runs" / "results"
 LATENCY = RECORDS / "latency-cifar10.json"
+SALIENCY = RECORDS / "saliency-on-trained.json"  # benchmarks/saliency_on_trained.py
 
 TABLES = (
     ("ResNet-20, structured, half the MACs", "resnet20-", ("-macs0.5", "sfp")),
@@ -116,9 +118,11 @@ HEADER = ("| method | target | top-1 before | top-1 after | drop (points) | para
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
-def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict[str, Any] | None = None) -> str:
+def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict[str, Any] | None = None,
+           saliency: dict[str, Any] | None = None) -> str:
     """Return the whole page for `records` (complete runs), `recipes` (every row's stem) and the
-    side-by-side `latency` record (None: each run's own timing)."""
+    side-by-side `latency` record (None: each run's own timing) and the `saliency` record of
+    benchmarks/saliency_on_trained.py (None: no note under the unstructured table)."""
     lines = [
         "# Results: every method on the whole of CIFAR-10",
         "",
@@ -161,6 +165,8 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
         missing = [stem for stem in stems if stem not in records]
         if done:
             lines += [HEADER, *done, ""]
+        if "sparsity" in keys:
+            lines += saliency_note(saliency, records)
         over = {stem: why for stem in missing if (why := over_budget(stem, records))}
         if over:
             lines += [f"Not run: `{stem}`, {why}." for stem, why in over.items()] + [""]
@@ -276,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_text(LATENCY, json.dumps(measure_latency(records, rounds=args.rounds, per_round=args.per_round), indent=1) + "\n")
     latency = json.loads(LATENCY.read_text()) if LATENCY.exists() else None
-    text = render(records, recipes, latency)
+    saliency = json.loads(SALIENCY.read_text()) if SALIENCY.exists() else None
+    text = render(records, recipes, latency, saliency)
     if args.check:
         current = PAGE.read_text() if PAGE.exists() else ""
         if current != text:

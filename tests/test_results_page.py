@@ -282,3 +282,20 @@ def test_a_resnet56_row_over_the_run_limit_is_estimated_from_the_records():
     page = results_table.render({**records, "resnet20-autorate-drop1": {**twin, "wall_time_s": {**twin["wall_time_s"], "method0": 600}}},
                                 ["resnet56-baseline", "resnet56-l1_filter-macs0.5", "resnet56-autorate-drop1"], None)
     assert "Not run: `resnet56-autorate-drop1`, estimated 50 min" in page
+
+
+def test_saliency_note_tabulates_the_record_beside_the_rows():
+    import results_saliency
+
+    crit = lambda l1, overlap, top1: {"zeroed": 100, "l1_removed": l1, "overlap_with_magnitude": overlap, "top1_pruned": top1}
+    saliency = {"images": 2000, "machine": "x86_64, 2 CPUs", "threads": 1, "started_at": "2026-12-04T09:50:00+00:00",
+                "dense_top1": 88.0, "criteria": {"magnitude": {"0.5": crit(0.16, 1.0, 87.9)}, "grasp": {"0.5": crit(0.51, 0.49, 10.0)}}}
+    records = {"resnet20-grasp-sparsity0.5": _row("grasp", "sparsity=0.5", 88.0, 45.0, 0.0, 0.0)}
+    text = "\n".join(results_saliency.saliency_note(saliency, records))
+    assert "| magnitude | 0.5 | 16.0 % | 100.0 % | 87.90 | not recorded |" in text
+    assert "| grasp | 0.5 | 51.0 % | 49.0 % | 10.00 | 45.00 |" in text
+    assert "GraSP zeroes 51.0 % of the weights' L1 mass where magnitude pruning zeroes 16.0 %, and 49.0 %" in text
+    assert "2,000 test images (200 per class)" in text
+    saliency["criteria"]["grasp"]["0.5"]["overlap_with_magnitude"] = 0.9  # then the sentence would not hold: left out
+    assert "GraSP zeroes" not in "\n".join(results_saliency.saliency_note(saliency, records))
+    assert results_saliency.saliency_note(None, records) == []
