@@ -125,6 +125,56 @@ def _autorate_search(m: dict[str, Any]) -> str:
                    "the GPU recipe `recipes/autorate-resnet56.yaml` allows 30 per candidate, 600 in all.")
 
 
+def _epochs(stem: str, stage: str) -> list[dict[str, Any]]:
+    """The per-epoch entries of `stage` in the record's log.jsonl (run_results.py copies it), or []."""
+    import json
+
+    from results_table import RECORDS
+
+    try:
+        lines = (RECORDS / stem / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return [e for e in entries if e.get("stage") == stage and "epoch" in e]
+
+
+def _zero_norm(stem: str) -> bool | None:
+    """The sfp row's `method.options.zero_norm` from its recorded recipe.yaml (None: not readable)."""
+    import yaml
+
+    from results_table import RECORDS
+
+    try:
+        body = yaml.safe_load((RECORDS / stem / "recipe.yaml").read_text())
+        return bool(body["method"]["options"].get("zero_norm", True))
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def _sfp_soft_epochs(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines for the sfp rows from their per-epoch log: the test top-1 right after each epoch's
+    zeroing, the training top-1 of those epochs, and the epochs left after the last zeroing."""
+    out, after_last = [], {}
+    for stem, m in sorted(rows.items()):
+        soft = _epochs(stem, "method0")
+        if not soft:
+            continue
+        mode = _zero_norm(stem)
+        after_last[mode] = soft[-1]["val_top1"]
+        val = ", ".join(f"{e['val_top1']:.2f}" for e in soft)
+        train = ", ".join(f"{e['train_top1']:.1f}" for e in soft)
+        what = {True: "whole groups zeroed", False: "conv filters only zeroed, the paper's way"}.get(mode, "zeroing mode unknown")
+        out.append(f"  `{stem}` ({what}): SFP zeroes after each epoch and lets the filters regrow during the next; test "
+                   f"top-1 right after each zeroing {val} % (training top-1 during those epochs {train} %); "
+                   f"{len(_epochs(stem, 'finetune0'))} fine-tuning epoch(s) after the removal brought it to {m['final']['top1']:.2f} %.")
+    if True in after_last and False in after_last and after_last[False] < after_last[True]:
+        out.append(f"  Zeroing only the conv filters leaves the zeroed channels' BatchNorm shifts (and running statistics "
+                   f"gathered before the zeroing) in the soft network: after the last zeroing it scored {after_last[False]:.2f} % "
+                   f"against {after_last[True]:.2f} % with whole groups zeroed, and started its fine-tuning further down.")
+    return out
+
+
 def _baseline_epochs() -> Any:
     from results_table import RECORDS, _baseline_start
 
@@ -164,6 +214,8 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
         parts = [f"`{s}` {100 * m['achieved']['params']:.1f} % removed, {_lost(m)}" for s, m in sorted(rows.items())]
         ok = any(m["achieved"]["params"] >= 0.5 and _drop(m) <= 1.5 for m in rows.values())
         lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(ok)} ({'; '.join(parts)}).")
+        if method == "sfp":
+            lines += _sfp_soft_epochs(rows)
     auto = {s: m for s, m in records.items() if s.startswith(("resnet20-", "resnet56-")) and m["method"] == "autorate"}
     if auto:
         for s, m in sorted(auto.items()):

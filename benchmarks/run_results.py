@@ -2,7 +2,7 @@
 
 For every recipe in recipes/results/ (the baselines first, then the order below), run
 `prunekit run RECIPE --out runs/results/STEM --resume`; when a run is complete, copy its
-metrics.json and resolved recipe.yaml (no model files) to results/STEM/, the committed record
+metrics.json, resolved recipe.yaml and per-epoch log.jsonl (no model files) to results/STEM/, the committed record
 docs/results.md is generated from. A complete record is skipped, an interrupted run resumes.
 One run at a time (two training processes on two cores run slower than one after the other).
 
@@ -57,8 +57,9 @@ def run(stem: str) -> bool:
         print(f"{stem}: failed (exit {done.returncode})", flush=True)
         return False
     record.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "recipe.yaml"):
-        shutil.copy2(out / name, record / name)
+    for name in ("metrics.json", "recipe.yaml", "log.jsonl"):  # log.jsonl: the per-epoch numbers, a few kB
+        if (out / name).exists():
+            shutil.copy2(out / name, record / name)
     print(f"{stem}: complete, record in {record.relative_to(REPO)}", flush=True)
     return True
 

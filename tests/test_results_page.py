@@ -299,3 +299,27 @@ def test_saliency_note_tabulates_the_record_beside_the_rows():
     saliency["criteria"]["grasp"]["0.5"]["overlap_with_magnitude"] = 0.9  # then the sentence would not hold: left out
     assert "GraSP zeroes" not in "\n".join(results_saliency.saliency_note(saliency, records))
     assert results_saliency.saliency_note(None, records) == []
+
+
+def test_sfp_rows_are_explained_from_their_per_epoch_logs(tmp_path, monkeypatch):
+    import json
+
+    import results_table
+    import results_targets
+
+    monkeypatch.setattr(results_table, "RECORDS", tmp_path)
+    rows = {}
+    for stem, zero_norm, vals in (("resnet20-sfp-channels0.3", True, (12.7, 51.4)), ("resnet20-sfp-filters-only-channels0.3", False, (12.3, 10.0))):
+        (tmp_path / stem).mkdir()
+        (tmp_path / stem / "recipe.yaml").write_text(f"method:\n  name: sfp\n  options:\n    zero_norm: {str(zero_norm).lower()}\n")
+        log = [{"stage": "method0", "epoch": i, "val_top1": v, "train_top1": 90.0 - 10 * i} for i, v in enumerate(vals)]
+        log += [{"event": "stage", "stage": "method0", "status": "done"}, {"stage": "finetune0", "epoch": 0, "val_top1": 70.0, "train_top1": 60.0}]
+        (tmp_path / stem / "log.jsonl").write_text("\n".join(json.dumps(e) for e in log) + "\n")
+        rows[stem] = _row("sfp", "channels=0.3", 88.0, 80.0 if zero_norm else 70.0, 0.51, 0.52)
+    text = "\n".join(results_targets.targets_section(rows))
+    assert "`resnet20-sfp-channels0.3` (whole groups zeroed): SFP zeroes after each epoch" in text
+    assert "right after each zeroing 12.30, 10.00 % (training top-1 during those epochs 90.0, 80.0 %); 1 fine-tuning epoch(s)" in text
+    assert "after the last zeroing it scored 10.00 % against 51.40 % with whole groups zeroed" in text
+    (tmp_path / "resnet20-sfp-channels0.3" / "log.jsonl").unlink()  # a record without its log: no epoch line, no comparison
+    text = "\n".join(results_targets.targets_section(rows))
+    assert "(whole groups zeroed)" not in text and "after the last zeroing" not in text
