@@ -323,3 +323,14 @@ def test_sfp_rows_are_explained_from_their_per_epoch_logs(tmp_path, monkeypatch)
     (tmp_path / "resnet20-sfp-channels0.3" / "log.jsonl").unlink()  # a record without its log: no epoch line, no comparison
     text = "\n".join(results_targets.targets_section(rows))
     assert "(whole groups zeroed)" not in text and "after the last zeroing" not in text
+
+
+def test_resnet56_rows_are_set_beside_the_literature():
+    import results_targets
+
+    rows = {"resnet56-l1_filter-macs0.5": _row("l1_filter", "macs=0.5", 89.0, 87.5, 0.48, 0.5),
+            "resnet56-baseline": _row("dense", "-", 89.0, 89.0, 0.0, 0.0)}
+    text = "\n".join(results_targets.targets_section(rows))
+    assert "- ResNet-56 here (2 epochs after its baseline): `resnet56-l1_filter-macs0.5` lost 1.50 points with 50.0 % of the MACs" in text
+    assert "resnet56-baseline`" not in text
+    assert "ResNet-56 here" not in "\n".join(results_targets.targets_section({}))
