@@ -371,6 +371,8 @@ def format_validation_error(
             message += f" (got {first.get('input')!r})"
     if path in set_keys:
         message += " [from --set]"
-    others = len({p for p in paths if p != loc})
-    more = f" (+{others} more error{'s' if others > 1 else ''})" if others else ""
+    others = list(dict.fromkeys(".".join(str(x) for x in p) or "(top level)" for p in paths if p != loc))
+    # name where the others are, so a user fixing one field knows what comes next
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    more = f" (+{len(others)} more error{'s' if len(others) > 1 else ''}, at {shown})" if others else ""
     return f"{source}: {path}: {message}{more}"

@@ -89,7 +89,10 @@ def test_union_fields_name_the_field_not_the_branch(tmp_path):
 
 def test_several_errors_stay_one_line(tmp_path):
     message = error_of(write(tmp_path, "seed: x\ndata: {batch_size: y}\n"))
-    assert message.endswith("(+1 more error)")
+    assert "\n" not in message
+    assert message.endswith("(+1 more error, at data.batch_size)") or message.endswith("(+1 more error, at seed)")
+    message = error_of(write(tmp_path, "seed: x\ndata: {batch_size: y, eval_batch_size: z}\nthreads: w\ndevice: 3\n"))
+    assert "(+" in message and "more errors, at " in message and message.count(", ") >= 2
 
 
 def test_not_yaml_and_not_mapping(tmp_path):
