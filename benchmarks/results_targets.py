@@ -139,8 +139,8 @@ def _resnet56_comparison(records: dict[str, dict[str, Any]]) -> list[str]:
             "epochs on the original CIFAR-10, not the JPEG copy."]
 
 
-def _epochs(stem: str, stage: str) -> list[dict[str, Any]]:
-    """The per-epoch entries of `stage` in the record's log.jsonl (run_results.py copies it), or []."""
+def _epoch_log(stem: str) -> dict[str, list[dict[str, Any]]]:
+    """{stage: its per-epoch entries} from the record's log.jsonl (run_results.py copies it); {} without one."""
     import json
 
     from results_table import RECORDS
@@ -148,9 +148,12 @@ def _epochs(stem: str, stage: str) -> list[dict[str, Any]]:
     try:
         lines = (RECORDS / stem / "log.jsonl").read_text().splitlines()
     except OSError:
-        return []
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [e for e in entries if e.get("stage") == stage and "epoch" in e]
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in (json.loads(line) for line in lines if line.strip()):
+        if "stage" in entry and "epoch" in entry:
+            out.setdefault(entry["stage"], []).append(entry)
+    return out
 
 
 def _zero_norm(stem: str) -> bool | None:
@@ -171,7 +174,8 @@ def _sfp_soft_epochs(rows: dict[str, dict[str, Any]]) -> list[str]:
     zeroing, the training top-1 of those epochs, and the epochs left after the last zeroing."""
     out, after_last = [], {}
     for stem, m in sorted(rows.items()):
-        soft = _epochs(stem, "method0")
+        log = _epoch_log(stem)
+        soft = log.get("method0", [])
         if not soft:
             continue
         mode = _zero_norm(stem)
@@ -181,7 +185,7 @@ def _sfp_soft_epochs(rows: dict[str, dict[str, Any]]) -> list[str]:
         what = {True: "whole groups zeroed", False: "conv filters only zeroed, the paper's way"}.get(mode, "zeroing mode unknown")
         out.append(f"  `{stem}` ({what}): SFP zeroes after each epoch and lets the filters regrow during the next; test "
                    f"top-1 right after each zeroing {val} % (training top-1 during those epochs {train} %); "
-                   f"{len(_epochs(stem, 'finetune0'))} fine-tuning epoch(s) after the removal brought it to {m['final']['top1']:.2f} %.")
+                   f"{len(log.get('finetune0', []))} fine-tuning epoch(s) after the removal brought it to {m['final']['top1']:.2f} %.")
     if True in after_last and False in after_last and after_last[False] < after_last[True]:
         out.append(f"  Zeroing only the conv filters leaves the zeroed channels' BatchNorm shifts (and running statistics "
                    f"gathered before the zeroing) in the soft network: after the last zeroing it scored {after_last[False]:.2f} % "

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -64,11 +62,11 @@ def measure(*, images: int, threads: int) -> dict:
         if i >= 8:
             break
         batches.append(batch)
-    max_batches = None
     dense = io.load(MODEL)
     dense_masks = _zero_masks(dense)
-    l1_total = sum(m.weight.detach().abs().sum().item() for name, m in dense.named_modules() if name in dense_masks)
-    rows: dict = {"dense_top1": evaluate(dense, data.test, max_batches=max_batches)["top1"], "criteria": {}}
+    weights = {name: m.weight.detach() for name, m in dense.named_modules() if name in dense_masks}
+    l1_total = sum(w.abs().sum().item() for w in weights.values())
+    rows: dict = {"dense_top1": evaluate(dense, data.test)["top1"], "criteria": {}}
     for s in SPARSITIES:
         magnitude_zero = None
         for criterion in CRITERIA:
@@ -81,7 +79,6 @@ def measure(*, images: int, threads: int) -> dict:
                                     data=batches, **options)
             pruned = result.model
             zero = _zero_masks(pruned)
-            weights = {name: m.weight.detach() for name, m in dense.named_modules() if name in zero}
             removed = {name: zero[name] & ~dense_masks[name] for name in zero}
             l1_removed = sum(weights[n][removed[n]].abs().sum().item() for n in removed) / l1_total
             count = sum(int(r.sum()) for r in removed.values())
@@ -92,7 +89,7 @@ def measure(*, images: int, threads: int) -> dict:
                 "zeroed": count,
                 "l1_removed": l1_removed,
                 "overlap_with_magnitude": both / count if count else 0.0,
-                "top1_pruned": evaluate(pruned, data.test, max_batches=max_batches)["top1"],
+                "top1_pruned": evaluate(pruned, data.test)["top1"],
                 "seconds": time.perf_counter() - started,
             }
             print(f"{criterion} sparsity={s}: {l1_removed:.1%} of the L1 mass removed, "
@@ -113,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 10:
         print(f"--images {args.images}: at least 10 (one per class)", file=sys.stderr)
         return 2
+    from latency_record import machine
+
+    from prunekit.atomic import atomic_write_text
+
     started = datetime.now(timezone.utc)
     rows = measure(images=args.images, threads=args.threads)
     record = {
@@ -120,14 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(MODEL.relative_to(REPO)),
         "images": (args.images // 10) * 10,
         "threads": args.threads,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} CPUs",
+        "machine": machine(),
         "started_at": started.isoformat(timespec="seconds"),
         **rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 
