@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_budget import budget_section  # noqa: E402
+from results_ort import double_latency_note  # noqa: E402
 from results_saliency import saliency_note  # noqa: E402
-from results_targets import MINUTES_LIMIT, targets_section  # noqa: E402
+from results_targets import MINUTES_LIMIT, _epoch_log, targets_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results"
@@ -31,6 +33,7 @@ PAGE = REPO / "docs" / "results.md"
 RUNS = REPO / "runs" / "results"
 LATENCY = RECORDS / "latency-cifar10.json"
 SALIENCY = RECORDS / "saliency-on-trained.json"  # benchmarks/saliency_on_trained.py
+CHANNELS = RECORDS / "ort-channel-counts.json"  # benchmarks/ort_channel_counts.py
 
 TABLES = (
     ("ResNet-20, structured, half the MACs", "resnet20-", ("-macs0.5", "sfp")),
@@ -119,10 +122,11 @@ HEADER = ("| method | target | top-1 before | top-1 after | drop (points) | para
 
 
 def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict[str, Any] | None = None,
-           saliency: dict[str, Any] | None = None) -> str:
+           saliency: dict[str, Any] | None = None, channels: dict[str, Any] | None = None) -> str:
     """Return the whole page for `records` (complete runs), `recipes` (every row's stem) and the
     side-by-side `latency` record (None: each run's own timing) and the `saliency` record of
-    benchmarks/saliency_on_trained.py (None: no note under the unstructured table)."""
+    benchmarks/saliency_on_trained.py (None: no note under the unstructured table) and the `channels`
+    record of benchmarks/ort_channel_counts.py (None: the double rows' timing note without it)."""
     lines = [
         "# Results: every method on the whole of CIFAR-10",
         "",
@@ -174,6 +178,8 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
         if missing:
             lines += ["Not yet run: " + ", ".join(f"`{s}`" for s in missing) + ".", ""]
     lines += double_table(records, recipes)
+    lines += double_latency_note(records, latency, channels)
+    lines += budget_section(records, recipes, _epoch_log)
     lines += targets_section(records)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -238,7 +244,7 @@ def double_table(records: dict[str, dict[str, Any]], recipes: list[str]) -> list
              "sqrt(m))) dB, a = top-1 %, p = params in millions, m = MACs in billions: the dense column counts every weight "
              "and MAC of the stored network, the non-zero column only the non-zero weights and the MACs they take part in. "
              "The magnitude stage's zeros lower only the non-zero counts; dense inference does not get faster from them.", ""]
-    body, missing = [], []
+    body, missing, shown = [], [], set()
     for stem in stems:
         model = stem.split("-double-")[0]
         name, base_stem = DOUBLE_MODELS.get(model, model), f"{model}-baseline"
@@ -248,12 +254,17 @@ def double_table(records: dict[str, dict[str, Any]], recipes: list[str]) -> list
         base_minutes = base_run["wall_time_s"]["total"] / 60 if base_run and "wall_time_s" in base_run else None
         m = records.get(stem)
         if m:
-            body.append(double_row(name, start, "-", m["baseline"], base_minutes))
+            if model not in shown:  # a model's second row (e.g. channels rounded) starts from the same baseline
+                body.append(double_row(name, start, "-", m["baseline"], base_minutes))
+                shown.add(model)
             wall = m.get("wall_time_s", {})
+            infos = (m.get("method_info") or {}).get("stages") or []
             for st in sorted(m.get("stages", []), key=lambda st: st["index"]):
                 i = st["index"]
                 minutes = (wall[f"method{i}"] + wall[f"finetune{i}"]) / 60 if f"method{i}" in wall and f"finetune{i}" in wall else None
-                body.append(double_row(name, f"after {st['method']}", st.get("target") or "-", st, minutes))
+                rounded = ((infos[i] if i < len(infos) else {}).get("round_to") or {}).get("value")
+                label = f"after {st['method']}" + (f", channels kept multiples of {rounded}" if rounded else "")
+                body.append(double_row(name, label, st.get("target") or "-", st, minutes))
         else:
             if base_run:
                 body.append(double_row(name, start, "-", base_run["final"], base_minutes))
@@ -283,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(LATENCY, json.dumps(measure_latency(records, rounds=args.rounds, per_round=args.per_round), indent=1) + "\n")
     latency = json.loads(LATENCY.read_text()) if LATENCY.exists() else None
     saliency = json.loads(SALIENCY.read_text()) if SALIENCY.exists() else None
-    text = render(records, recipes, latency, saliency)
+    channels = json.loads(CHANNELS.read_text()) if CHANNELS.exists() else None
+    text = render(records, recipes, latency, saliency, channels)
     if args.check:
         current = PAGE.read_text() if PAGE.exists() else ""
         if current != text:

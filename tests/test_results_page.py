@@ -334,3 +334,66 @@ def test_resnet56_rows_are_set_beside_the_literature():
     assert "- ResNet-56 here (2 epochs after its baseline): `resnet56-l1_filter-macs0.5` lost 1.50 points with 50.0 % of the MACs" in text
     assert "resnet56-baseline`" not in text
     assert "ResNet-56 here" not in "\n".join(results_targets.targets_section({}))
+
+
+def test_budget_study_sets_each_longer_run_beside_its_row_and_the_dense_control():
+    from results_budget import budget_section
+
+    def run(before, after, params_removed=0.5, target="macs=0.5"):
+        return {**_record(before, 1.0, after, 0.5), "target": target, "achieved": {"params": params_removed, "macs": 0.5}}
+
+    records = {"resnet20-snip_channel-macs0.5": run(88.0, 85.5), "budget9-resnet20-snip_channel-macs0.5": run(88.0, 87.25),
+               "resnet20-tp_group_l2-macs0.5": run(88.0, 84.0), "budget9-resnet20-tp_group_l2-macs0.5": run(88.0, 86.0),
+               "budget9-resnet20-svd-spatial-params0.5": run(88.0, 86.75, 0.501, "params=0.5"),
+               "budget9-resnet20-dense": {**run(88.0, 89.5, 0.0), "target": None}}
+    logs = {"budget9-resnet20-svd-spatial-params0.5": {"finetune0": [{"val_top1": 86.0}, {"val_top1": 86.75}],
+                                                       "method0": [{"val_top1": 84.04}]}}
+    stems = [*records, "budget9-resnet20-sfp-channels0.3"]
+    text = "\n".join(budget_section(records, stems, lambda s: logs.get(s, {})))
+    # 3 epochs lost 2.50, 9 lost 0.75: 1.75 won back, 2.25 behind the dense network's 89.50
+    assert "| [resnet20-snip_channel-macs0.5](../recipes/results/budget9-resnet20-snip_channel-macs0.5.yaml) | macs=0.5 | 88.00 | " \
+           "85.50 (+2.50) | 87.25 (+0.75) | +1.75 | 89.50 | 2.25 | - | 10 |" in text
+    assert "| dense, no method (the control) | - | 88.00 | - | 89.50 (-1.50) | - | 89.50 | - |" in text
+    assert "| 84.0, 86.0, 86.8 |" in text  # the hook epoch first, then the fine-tuning
+    assert "`resnet20-snip_channel-macs0.5`, loses 0.75 points: within 1.0 point **met**" in text
+    assert "is +1.25 points ahead of it: at least +0.3 **met**" in text
+    assert "50.1 % of the parameters removed at 1.25 points lost: >= 50 % at <= 1.5 points **met**" in text
+    assert "gains 1.50 points from 9 more epochs (88.00 -> 89.50 %)" in text
+    assert "Not yet run: `budget9-resnet20-sfp-channels0.3`." in text
+    # a miss is called a miss
+    records["budget9-resnet20-snip_channel-macs0.5"] = run(88.0, 86.5)
+    assert "loses 1.50 points: within 1.0 point **missed**" in "\n".join(budget_section(records, stems))
+    assert budget_section(records, ["resnet20-snip_channel-macs0.5"]) == []
+
+
+def test_double_rows_timing_note_counts_channels_off_the_block_and_names_the_slow_rows():
+    from results_ort import double_latency_note
+
+    layers = [{"kind": "Conv2d", "out_channels_after": c} for c in (16, 15, 24, 1)] + [{"kind": "Linear", "out_channels_after": 10}]
+    records = {"mobilenet_v2-double-macs0.5-sparsity0.5": {"layers": layers},
+               "mobilenet_v2-double-macs0.5-sparsity0.5-round8": {"layers": layers[:1] + layers[2:3]}}
+    ms = lambda e, o: {"eager": {"median": e}, "onnxruntime": {"median": o}}
+    latency = {"latency_ms": {"mobilenet_v2-baseline": ms(6.0, 0.8), "mobilenet_v2-double-macs0.5-sparsity0.5": ms(4.0, 1.6),
+                              "mobilenet_v2-double-macs0.5-sparsity0.5-round8": ms(4.0, 0.4)}}
+    timing = {"machine": "x86_64 test CPU, 2 cores", "measured_at": "2026-12-04T13:00:00+00:00", "rounds": 5, "per_round": 20,
+              "latency_ms": {"dense": ms(3.0, 1.0), "round_to=1": ms(2.0, 2.0), "round_to=8": ms(2.0, 0.5)}}
+    channels = {"method": "l1_filter", "target": "macs=0.5", "models": {"mobilenet_v2": {"timing": timing, "variants": {
+        "dense": {"macs": 100}, "round_to=1": {"macs": 50}, "round_to=8": {"macs": 48}}}}}
+    text = "\n".join(double_latency_note(records, latency, channels))
+    assert "| `mobilenet_v2-double-macs0.5-sparsity0.5` | 2 of 4 | 6.00 -> 4.00 (1.50x) | 0.80 -> 1.60 (0.50x) |" in text
+    assert "| `mobilenet_v2-double-macs0.5-sparsity0.5-round8` | 0 of 2 | 6.00 -> 4.00 (1.50x) | 0.80 -> 0.40 (2.00x) |" in text
+    assert "| mobilenet_v2 | ONNX Runtime | 1.00 | 2.00 (50 %) | 0.50 (52 %) |" in text
+    assert "Rows slower than their baseline on ONNX Runtime: `mobilenet_v2-double-macs0.5-sparsity0.5` (2 convs off 8)." in text
+    assert double_latency_note(records, None, channels) == []
+
+
+def test_a_models_rounded_double_row_shares_its_baseline_line_and_names_its_rounding():
+    base = _counts(60.0, 1.5e6, 1.5e6, 5.5e6, 5.5e6)
+    slim = {"index": 0, "method": "slimming", "target": "macs=0.5", **_counts(55.0, 0.8e6, 0.8e6, 2.7e6, 2.7e6)}
+    row = lambda rounded: {"status": "complete", "method": "double", "baseline": base, "stages": [slim], "final": {**base, **slim},
+                           "method_info": {"stages": [{"round_to": {"value": rounded}}]}}
+    stem = "mobilenet_v3_small-double-macs0.5-sparsity0.5"
+    page = results_table.render({stem: row(None), f"{stem}-round8": row(8)}, [stem, f"{stem}-round8"])
+    assert page.count("| MobileNetV3-small (32x32 stem) | baseline") == 1
+    assert "| MobileNetV3-small (32x32 stem) | after slimming | macs=0.5 |" in page
+    assert "| MobileNetV3-small (32x32 stem) | after slimming, channels kept multiples of 8 | macs=0.5 |" in page
