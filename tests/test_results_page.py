@@ -397,3 +397,22 @@ def test_a_models_rounded_double_row_shares_its_baseline_line_and_names_its_roun
     assert page.count("| MobileNetV3-small (32x32 stem) | baseline") == 1
     assert "| MobileNetV3-small (32x32 stem) | after slimming | macs=0.5 |" in page
     assert "| MobileNetV3-small (32x32 stem) | after slimming, channels kept multiples of 8 | macs=0.5 |" in page
+
+
+def test_double_comparison_names_the_best_netscore_and_what_mobilenet_v3_would_score_at_its_top1():
+    import results_targets
+
+    final = lambda top1, ns: {"top1": top1, "netscore_nonzero": ns, "netscore": ns - 5}
+    records = {"resnet20-double-macs0.5-sparsity0.5": {"baseline": {"top1": 88.0}, "final": final(80.0, 107.0)},
+               "mobilenet_v3_small-double-macs0.5-sparsity0.5": {
+                   "baseline": {"top1": 58.0}, "final": final(40.0, 96.0),
+                   "stages": [{"method": "slimming", "top1": 34.0}, {"method": "magnitude", "top1": 40.0}]}}
+    text = "\n".join(results_targets._double_comparison(records))
+    # 96 + 40 log10(80 / 40) = 108.04 dB > 107: the gap is top-1
+    assert "`resnet20-double-macs0.5-sparsity0.5` (ResNet-20, 107.00 dB with non-zero counts, 102.00 dense)" in text
+    assert "slimming leaves 34.00 %; with ResNet-20's 80.00 % its counts would score 108.04 dB." in text
+    assert "The gap is top-1" in text
+    records["mobilenet_v3_small-double-macs0.5-sparsity0.5"]["final"] = final(40.0, 90.0)  # 102.04 < 107: no such claim
+    assert "The gap is top-1" not in "\n".join(results_targets._double_comparison(records))
+    records["mobilenet_v3_small-double-macs0.5-sparsity0.5"]["final"] = final(80.0, 110.0)
+    assert "MobileNetV3 scores best, as in the Inha seed." in "\n".join(results_targets._double_comparison(records))
