@@ -64,7 +64,8 @@ EVAL = {"latency_device": "cpu", "latency_batch_size": 1, "latency_repeats": 50}
 #: the budget study (docs/results.md, "What a longer budget buys"): the rows nearest the targets and the
 #: dense baseline again, with 3x the fine-tuning; one run at a time on both cores, about 20-25 min each
 STUDY_BUDGET = 3 * BUDGET
-STUDY_ROWS = ("resnet20-snip_channel-macs0.5", "resnet20-tp_group_l2-macs0.5", "resnet20-svd-spatial-params0.5")
+STUDY_ROWS = ("resnet20-snip_channel-macs0.5", "resnet20-tp_group_l2-macs0.5", "resnet20-svd-spatial-params0.5",
+              "resnet20-sfp-channels0.3")
 
 
 def _run(name: str, model: str) -> dict:
