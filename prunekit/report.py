@@ -24,6 +24,8 @@ REPORT_FILE = "report.md"
 
 NETSCORE_CONVENTION = "NetScore = 20 log10(a^2 / (sqrt(p) sqrt(m))), a = top-1 %, p = params (M), m = MACs (G) (Wong 2019)"
 SPARSITY_NOTE = "zeroed weights reduce non-zero params and non-zero MACs, not dense latency"
+#: the channel block CPU (ONNX Runtime) and GPU (tensor core) conv kernels step by; docs/results.md measures the cost
+CHANNEL_BLOCK = 8
 
 
 # reading runs --------------------------------------------------------------------------------
@@ -190,6 +192,22 @@ def _has_sparsity(metrics: dict[str, Any]) -> bool:
     return (final.get("sparsity") or 0.0) > 0.001
 
 
+def channel_block_note(layers: list[dict[str, Any]], *, block: int = CHANNEL_BLOCK) -> list[str]:
+    """Return report.md's lines (or []) saying how many pruned convs keep an output channel count that is not a
+    multiple of `block`: kernels that run channels in blocks (ONNX Runtime on a CPU, tensor cores) run those
+    slower per MAC, sometimes slower than the dense network."""
+    pruned = [layer for layer in layers if layer.get("kind") == "Conv2d"
+              and layer.get("out_channels_after") not in (None, layer.get("out_channels_before"))]
+    off = [layer["name"] for layer in pruned if layer["out_channels_after"] % block]
+    if not off:
+        return []
+    shown = ", ".join(f"`{n}`" for n in off[:3]) + (f" and {len(off) - 3} more" if len(off) > 3 else "")
+    return [f"Channel counts: {len(off)} of the {len(pruned)} convs whose outputs were pruned keep a count that is not a "
+            f"multiple of {block} ({shown}). ONNX Runtime's CPU kernels and GPU tensor cores run channels in blocks, so such "
+            f"counts cost time per MAC (in docs/results.md a MobileNetV2 pruned this way ran slower than its dense model on "
+            f"ONNX Runtime); `method.round_to: {block}` or `auto` keeps them multiples.", ""]
+
+
 def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
     """Return report.md's text for `metrics` (a metrics.json dict), linking the given plot files."""
     base, final = metrics.get("baseline") or {}, metrics.get("final") or {}
@@ -229,6 +247,7 @@ def render_markdown(metrics: dict[str, Any], *, plots: list[str] = ()) -> str:
     if _has_sparsity(metrics):
         lines += [f"Sparsity of conv/linear weights: {_pct(final.get('sparsity'))}. Note: {SPARSITY_NOTE}.", ""]
     lines += [f"{netscore_convention(primary)}. MACs count conv/linear/matmul multiply-accumulates per image.", ""]
+    lines += channel_block_note(metrics.get("layers") or [])
 
     achieved = metrics.get("achieved") or {}
     if achieved:
