@@ -72,7 +72,7 @@ def budget_section(records: dict[str, dict[str, Any]], recipes: list[str],
                      f"{m['final']['top1']:.2f} ({_signed(_drop(m))}) | {won} | {dense_top1} | {behind} | "
                      f"{_curve(epoch_log(stem)) or '-'} | {m['wall_time_s']['total'] / 60:.0f} |")
     if body:
-        lines += [*header, *body, ""]
+        lines += [*header, *body, "", f"![test top-1 after each epoch, the tables' budget and {epochs} epochs](img/results-budget.png)", ""]
     lines += _verdicts(long_runs, dense, epochs)
     if missing:
         lines += ["Not yet run: " + ", ".join(f"`{s}`" for s in missing) + ".", ""]
@@ -103,3 +103,41 @@ def _verdicts(runs: dict[str, dict[str, Any]], dense: dict[str, Any] | None, epo
                    f"({dense['baseline']['top1']:.2f} -> {dense['final']['top1']:.2f} %): part of what a longer fine-tune wins "
                    "back for a pruned row is the start still adapting to the JPEG data, not recovery from the pruning.")
     return out + ([""] if out else [])
+
+
+def budget_figure(records: dict[str, dict[str, Any]], recipes: list[str],
+                  epoch_log: Callable[[str], dict[str, list[dict[str, Any]]]]) -> bytes | None:
+    """Return a PNG (bytes) of test top-1 (%) after each epoch, one panel per recorded study row: its
+    tables' run and its longer run, the baseline's top-1 and the 1-point line; None without a study record."""
+    study = sorted(((m.group(2), s) for s in recipes if (m := STUDY.match(s)) and s in records),
+                   key=lambda t: (t[0].endswith("-dense"), t[0]))
+    if not study:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prunekit.report import png_bytes
+
+    def points(stem: str) -> list[float]:
+        log = epoch_log(stem)
+        order = sorted(log, key=lambda s: (not s.startswith("method"), s))
+        return [e["val_top1"] for stage in order for e in log[stage] if "val_top1" in e]
+
+    fig, axes = plt.subplots(1, len(study), figsize=(3.2 * len(study), 3.0), sharey=True, squeeze=False)
+    for ax, (twin, stem) in zip(axes[0], study):
+        base = records[stem]["baseline"]["top1"]
+        for s, style, label in ((twin, "o--", "tables' budget"), (stem, "o-", "longer budget")):
+            ys = points(s) if s in records else []
+            if ys:
+                ax.plot(range(1, len(ys) + 1), ys, style, markersize=3, label=label)
+        ax.axhline(base, color="grey", linewidth=0.8, label=f"start {base:.2f}")
+        ax.axhline(base - MACS_LIMIT, color="grey", linewidth=0.8, linestyle=":", label=f"start - {MACS_LIMIT:g}")
+        ax.set_title(twin.removeprefix("resnet20-"), fontsize=9)
+        ax.set_xlabel("epoch after the baseline")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test top-1 (%)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return png_bytes(fig)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_budget import budget_section  # noqa: E402
+from results_budget import budget_figure, budget_section  # noqa: E402
 from results_ort import double_latency_note  # noqa: E402
 from results_saliency import saliency_note  # noqa: E402
 from results_targets import MINUTES_LIMIT, _epoch_log, targets_section  # noqa: E402
@@ -285,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20)
     args = p.parse_args(argv)
+    from prunekit.atomic import atomic_write, atomic_write_text
+
     recipes = sorted(path.stem for path in RECIPES.glob("*.yaml"))
     records = load_records()
     if args.latency:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        from prunekit.atomic import atomic_write_text
-
         atomic_write_text(LATENCY, json.dumps(measure_latency(records, rounds=args.rounds, per_round=args.per_round), indent=1) + "\n")
     latency = json.loads(LATENCY.read_text()) if LATENCY.exists() else None
     saliency = json.loads(SALIENCY.read_text()) if SALIENCY.exists() else None
@@ -302,8 +302,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PAGE} is stale: run python benchmarks/results_table.py", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(text)
+    atomic_write_text(PAGE, text)
     print(f"wrote {PAGE}")
+    figure = budget_figure(records, recipes, _epoch_log)
+    if figure:
+        atomic_write(PAGE.parent / "img" / "results-budget.png", figure)
+        print(f"wrote {PAGE.parent / 'img' / 'results-budget.png'}")
     return 0
 
 

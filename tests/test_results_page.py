@@ -337,6 +337,7 @@ def test_resnet56_rows_are_set_beside_the_literature():
 
 
 def test_budget_study_sets_each_longer_run_beside_its_row_and_the_dense_control():
+    import results_budget
     from results_budget import budget_section
 
     def run(before, after, params_removed=0.5, target="macs=0.5"):
@@ -360,6 +361,10 @@ def test_budget_study_sets_each_longer_run_beside_its_row_and_the_dense_control(
     assert "50.1 % of the parameters removed at 1.25 points lost: >= 50 % at <= 1.5 points **met**" in text
     assert "gains 1.50 points from 9 more epochs (88.00 -> 89.50 %)" in text
     assert "Not yet run: `budget9-resnet20-sfp-channels0.3`." in text
+    assert "](img/results-budget.png)" in text
+    png = results_budget.budget_figure(records, stems, lambda s: logs.get(s, {}))
+    assert png.startswith(b"\x89PNG")
+    assert results_budget.budget_figure(records, ["resnet20-snip_channel-macs0.5"], lambda s: {}) is None
     # a miss is called a miss
     records["budget9-resnet20-snip_channel-macs0.5"] = run(88.0, 86.5)
     assert "loses 1.50 points: within 1.0 point **missed**" in "\n".join(budget_section(records, stems))
