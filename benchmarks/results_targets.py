@@ -69,6 +69,7 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
            "benchmark fine-tunes 100). Those schedules ship as GPU recipes: `recipes/cifar10-resnet56-l1.yaml`, "
            "`recipes/sfp-resnet18.yaml`, `recipes/svd-channel-resnet18.yaml`, `recipes/autorate-resnet56.yaml`, "
            "`recipes/double-resnet56.yaml`."]
+    out += _budget_measured(records, best)
     if base:
         top1 = base["final"]["top1"]
         out.append(f"- **Data.** The JPEG copy costs the shipped ResNet-20 about 11 points (91.8 % on the original binaries, "
@@ -86,6 +87,25 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
                        f"feature maps: many MACs per weight) and {100 * last[1]:.0f} % of `{last[0]}` (small maps: most of the "
                        "weights), so it reaches half the MACs while keeping more of the weights.")
     return out
+
+
+def _budget_measured(records: dict[str, dict[str, Any]], best: tuple[str, dict[str, Any]]) -> list[str]:
+    """The budget bullet's measured half: the best row at the study's longer budget (results_budget.py), how
+    many points it won back, and what the dense control gained from the same epochs; [] without the record."""
+    from results_budget import STUDY
+
+    longer = [(int(m.group(1)), s) for s in records if (m := STUDY.match(s)) and m.group(2) == best[0]]
+    if not longer:
+        return []
+    epochs, stem = max(longer)
+    m = records[stem]
+    text = (f"  Measured (the budget study above): with {epochs} epochs `{best[0]}` loses {_drop(m):.2f} points, "
+            f"{_drop(best[1]) - _drop(m):.2f} of its {_drop(best[1]):.2f} won back")
+    dense = records.get(f"budget{epochs}-resnet20-dense")
+    if dense:
+        text += (f"; the dense network gains {-_drop(dense):.2f} points from the same epochs, so the pruned row ends "
+                 f"{dense['final']['top1'] - m['final']['top1']:.2f} points behind it")
+    return [text + "."]
 
 
 def _stage_channels_removed(m: dict[str, Any]) -> list[tuple[str, float]]:

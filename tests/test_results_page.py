@@ -238,6 +238,12 @@ def test_shortfall_explains_a_missed_target_with_the_records_numbers():
     assert "**Budget.** Every row gets 3 epochs" in text
     assert "`l1_filter-macs0.5` 52.0 % (lost 4.00 points), `snip_channel-macs0.5` 30.0 % (lost 2.00 points)" in text
     assert "removes 38 % of the conv channels of `layer1`" in text and "6 % of `layer3`" in text  # 12/32 and 8/128
+    assert "Measured (the budget study" not in text
+    records["budget9-resnet20-snip_channel-macs0.5"] = _row("snip_channel", "macs=0.5", 88.0, 86.75, 0.30, 0.5)
+    records["budget9-resnet20-dense"] = _row("none", None, 88.0, 89.0, 0.0, 0.0)
+    text = "\n".join(results_targets.shortfall(records))
+    assert ("with 9 epochs `resnet20-snip_channel-macs0.5` loses 1.25 points, 0.75 of its 2.00 won back; the dense network "
+            "gains 1.00 points from the same epochs, so the pruned row ends 2.25 points behind it.") in text
     records["resnet20-snip_channel-macs0.5"] = _row("snip_channel", "macs=0.5", 88.0, 87.5, 0.30, 0.5)
     assert results_targets.shortfall(records) == []  # within a point: nothing to explain
 
