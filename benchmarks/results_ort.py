@@ -36,13 +36,16 @@ def double_latency_note(records: dict[str, dict[str, Any]], latency: dict[str, A
         if not all(a and b for a, b in pairs.values()):
             continue
         off, convs = off_block(records[stem])
-        cells = " | ".join(f"{a:.2f} -> {b:.2f} ({a / b:.2f}x)" for a, b in pairs.values())
+        m = records[stem]
+        fewer = m["baseline"]["macs"] / m["final"]["macs"] if m.get("baseline", {}).get("macs") and m.get("final", {}).get("macs") else None
+        per_mac = lambda a, b: f", {a / b / fewer:.2f} per MAC removed" if fewer else ""
+        cells = " | ".join(f"{a:.2f} -> {b:.2f} ({a / b:.2f}x{per_mac(a, b)})" for a, b in pairs.values())
         rows.append((stem, pairs, off, f"| `{stem}` | {off} of {convs} | {cells} |"))
     if not rows:
         return []
     lines = ["### Inference time of the double rows", "",
              f"Each row's final network beside its baseline, from the side-by-side latency record (1 thread, batch 1, "
-             "32x32; speedup in brackets); the magnitude stage's zeros leave the dense kernels' work unchanged, so this is "
+             "32x32; speedup and speedup per MAC removed in brackets, (dense ms / row ms) / (dense MACs / row MACs)); the magnitude stage's zeros leave the dense kernels' work unchanged, so this is "
              f"the slim network's time. The second column counts the convs whose kept channel count is not a multiple of "
              f"{BLOCK} (from the row's record).", "",
              f"| row | convs off a multiple of {BLOCK} | eager ms, baseline -> row | ONNX Runtime ms, baseline -> row |",
@@ -51,13 +54,13 @@ def double_latency_note(records: dict[str, dict[str, Any]], latency: dict[str, A
     if channels:
         lines += _channels_table(channels)
     if slower:
-        lines.append("Rows slower than their baseline on ONNX Runtime: " + ", ".join(
+        measured = (", and the table above measures what counts off that block cost the same pruning. " if channels
+                    else " (`python benchmarks/ort_channel_counts.py` measures what that costs). ")
+        lines += ["Rows slower than their baseline on ONNX Runtime: " + ", ".join(
             f"`{stem}` ({off} convs off {BLOCK})" for stem, off in slower) + ". Slimming keeps whatever channel counts "
             f"its global threshold leaves (its `round_to` default is none); ONNX Runtime's CPU convolutions run channels in "
-            f"blocks of {BLOCK}, and the table above measures what counts off that block cost the same pruning. "
-            f"Setting `method.round_to: {BLOCK}` (or `auto`, measured on the runtime named by `method.options.runtime`) keeps "
-            "the slim network on the fast kernels.")
-        lines.append("")
+            f"blocks of {BLOCK}{measured}Setting `method.round_to: {BLOCK}` (or `auto`, measured on the runtime named by "
+            "`method.options.runtime`) keeps the slim network on the fast kernels.", ""]
     return lines
 
 

@@ -381,7 +381,7 @@ def test_double_rows_timing_note_counts_channels_off_the_block_and_names_the_slo
     from results_ort import double_latency_note
 
     layers = [{"kind": "Conv2d", "out_channels_after": c} for c in (16, 15, 24, 1)] + [{"kind": "Linear", "out_channels_after": 10}]
-    records = {"mobilenet_v2-double-macs0.5-sparsity0.5": {"layers": layers},
+    records = {"mobilenet_v2-double-macs0.5-sparsity0.5": {"layers": layers, "baseline": {"macs": 100}, "final": {"macs": 50}},
                "mobilenet_v2-double-macs0.5-sparsity0.5-round8": {"layers": layers[:1] + layers[2:3]}}
     ms = lambda e, o: {"eager": {"median": e}, "onnxruntime": {"median": o}}
     latency = {"latency_ms": {"mobilenet_v2-baseline": ms(6.0, 0.8), "mobilenet_v2-double-macs0.5-sparsity0.5": ms(4.0, 1.6),
@@ -391,7 +391,9 @@ def test_double_rows_timing_note_counts_channels_off_the_block_and_names_the_slo
     channels = {"method": "l1_filter", "target": "macs=0.5", "models": {"mobilenet_v2": {"timing": timing, "variants": {
         "dense": {"macs": 100}, "round_to=1": {"macs": 50}, "round_to=8": {"macs": 48}}}}}
     text = "\n".join(double_latency_note(records, latency, channels))
-    assert "| `mobilenet_v2-double-macs0.5-sparsity0.5` | 2 of 4 | 6.00 -> 4.00 (1.50x) | 0.80 -> 1.60 (0.50x) |" in text
+    # half the MACs: 1.5x eager is 0.75 per MAC removed; a record without MACs shows the speedup alone
+    assert ("| `mobilenet_v2-double-macs0.5-sparsity0.5` | 2 of 4 | 6.00 -> 4.00 (1.50x, 0.75 per MAC removed) | "
+            "0.80 -> 1.60 (0.50x, 0.25 per MAC removed) |") in text
     assert "| `mobilenet_v2-double-macs0.5-sparsity0.5-round8` | 0 of 2 | 6.00 -> 4.00 (1.50x) | 0.80 -> 0.40 (2.00x) |" in text
     assert "| mobilenet_v2 | ONNX Runtime | 1.00 | 2.00 (50 %) | 0.50 (52 %) |" in text
     assert "Rows slower than their baseline on ONNX Runtime: `mobilenet_v2-double-macs0.5-sparsity0.5` (2 convs off 8)." in text
