@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_budget import budget_figure, budget_section  # noqa: E402
+from results_budget import STUDY, budget_figure, budget_section  # noqa: E402
 from results_ort import double_latency_note  # noqa: E402
 from results_saliency import saliency_note  # noqa: E402
 from results_targets import MINUTES_LIMIT, _epoch_log, targets_section  # noqa: E402
@@ -76,13 +76,14 @@ def _baseline_start(path: Path) -> tuple[Any, bool]:
 
 def measure_latency(records: dict[str, dict[str, Any]], *, rounds: int, per_round: int) -> dict[str, Any]:
     """Time the baseline's and every recorded row's model.pt (runs/results/STEM/model.pt) side by side
-    at 1x3x32x32 on eager and ONNX Runtime; return the latency record."""
+    at 1x3x32x32 on eager and ONNX Runtime (not the budget study's); return the latency record."""
     import torch
     from latency_record import time_models
 
     from prunekit import io
 
-    stems = [s for s in records if (RUNS / s / "model.pt").exists()]
+    # the budget study's networks have their twins' shapes (the dense control the baseline's): not timed again
+    stems = [s for s in records if (RUNS / s / "model.pt").exists() and not STUDY.match(s)]
     if not stems:
         raise SystemExit(f"no model files under {RUNS} to time")
     return time_models({s: io.load(RUNS / s / "model.pt") for s in stems}, torch.randn(1, 3, 32, 32),
