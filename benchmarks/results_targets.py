@@ -89,6 +89,21 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _at_longer_budget(records: dict[str, dict[str, Any]], rows: dict[str, dict[str, Any]]) -> str:
+    """' At N epochs (the budget study): ...' for the rows of `rows` the budget study re-ran, or ''."""
+    from results_budget import STUDY
+
+    parts = []
+    for s in sorted(records):
+        m = STUDY.match(s)
+        if m and m.group(2) in rows:
+            r = records[s]
+            ok = r["achieved"]["params"] >= 0.5 and _drop(r) <= 1.5
+            parts.append(f"`{m.group(2)}` at {m.group(1)} epochs (the budget study): {100 * r['achieved']['params']:.1f} % "
+                         f"removed, {_lost(r)}, {_verdict(ok)}")
+    return (" With a longer fine-tune: " + "; ".join(parts) + ".") if parts else ""
+
+
 def _budget_measured(records: dict[str, dict[str, Any]], best: tuple[str, dict[str, Any]]) -> list[str]:
     """The budget bullet's measured half: the best row at the study's longer budget (results_budget.py), how
     many points it won back, and what the dense control gained from the same epochs; [] without the record."""
@@ -282,7 +297,8 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
             continue
         parts = [f"`{s}` {100 * m['achieved']['params']:.1f} % removed, {_lost(m)}" for s, m in sorted(rows.items())]
         ok = any(m["achieved"]["params"] >= 0.5 and _drop(m) <= 1.5 for m in rows.values())
-        lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(ok)} ({'; '.join(parts)}).")
+        lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(ok)} ({'; '.join(parts)})."
+                     + _at_longer_budget(records, rows))
         if method == "sfp":
             lines += _sfp_soft_epochs(rows)
     auto = {s: m for s, m in records.items() if s.startswith(("resnet20-", "resnet56-")) and m["method"] == "autorate"}

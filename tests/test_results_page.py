@@ -239,6 +239,12 @@ def test_shortfall_explains_a_missed_target_with_the_records_numbers():
     assert "`l1_filter-macs0.5` 52.0 % (lost 4.00 points), `snip_channel-macs0.5` 30.0 % (lost 2.00 points)" in text
     assert "removes 38 % of the conv channels of `layer1`" in text and "6 % of `layer3`" in text  # 12/32 and 8/128
     assert "Measured (the budget study" not in text
+    svd = {"resnet20-svd-spatial-params0.5": _row("svd", "params=0.5", 88.0, 86.0, 0.501, 0.5)}
+    assert results_targets._at_longer_budget({**svd, "budget9-resnet20-svd-spatial-params0.5": _row(
+        "svd", "params=0.5", 88.0, 87.0, 0.501, 0.5)}, svd) == (
+        " With a longer fine-tune: `resnet20-svd-spatial-params0.5` at 9 epochs (the budget study): 50.1 % removed, "
+        "lost 1.00 points, **met**.")
+    assert results_targets._at_longer_budget(svd, svd) == ""
     records["budget9-resnet20-snip_channel-macs0.5"] = _row("snip_channel", "macs=0.5", 88.0, 86.75, 0.30, 0.5)
     records["budget9-resnet20-dense"] = _row("none", None, 88.0, 89.0, 0.0, 0.0)
     text = "\n".join(results_targets.shortfall(records))
