@@ -82,3 +82,27 @@ def _channels_table(channels: dict[str, Any]) -> list[str]:
                      for k in variants]
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def rounded_pairs_note(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Return one line per recorded pair of a double row and its `-roundN` twin: the narrowest conv each keeps and
+    top-1 (%) after slimming and after both stages (round_to is also the fewest channels a group keeps); [] without a pair."""
+    import re
+
+    out = []
+    for stem in sorted(records):
+        found = re.match(r"^(.+-double-.+)-round(\d+)$", stem)
+        twin = records.get(found.group(1)) if found else None
+        if not twin:
+            continue
+        rounded = records[stem]
+        narrow = {k: min((layer["out_channels_after"] for layer in m.get("layers", []) if layer.get("kind") == "Conv2d"), default=0)
+                  for k, m in (("plain", twin), ("rounded", rounded))}
+        slim = {k: next((st["top1"] for st in m.get("stages", []) if st.get("method") == "slimming"), None)
+                for k, m in (("plain", twin), ("rounded", rounded))}
+        after = (f"after slimming {slim['plain']:.2f} % against {slim['rounded']:.2f} %, "
+                 if None not in slim.values() else "")
+        out.append(f"- `{found.group(1)}` and its `-round{found.group(2)}` twin: the narrowest conv keeps {narrow['plain']} "
+                   f"against {narrow['rounded']} channels (round_to is also the fewest a layer keeps); top-1 {after}after both "
+                   f"stages {twin['final']['top1']:.2f} % against {rounded['final']['top1']:.2f} %.")
+    return (["Rounded against unrounded slimming, same baseline and budget:", "", *out, ""]) if out else []

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_budget import STUDY, budget_figure, budget_section  # noqa: E402
-from results_ort import double_latency_note  # noqa: E402
+from results_ort import double_latency_note, rounded_pairs_note  # noqa: E402
 from results_saliency import saliency_note  # noqa: E402
 from results_targets import MINUTES_LIMIT, _epoch_log, targets_section  # noqa: E402
 
@@ -179,6 +179,7 @@ def render(records: dict[str, dict[str, Any]], recipes: list[str], latency: dict
         if missing:
             lines += ["Not yet run: " + ", ".join(f"`{s}`" for s in missing) + ".", ""]
     lines += double_table(records, recipes)
+    lines += rounded_pairs_note(records)
     lines += double_latency_note(records, latency, channels)
     lines += budget_section(records, recipes, _epoch_log)
     lines += targets_section(records)

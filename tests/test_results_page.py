@@ -435,3 +435,17 @@ def test_double_comparison_names_the_best_netscore_and_what_mobilenet_v3_would_s
     assert "The gap is top-1" not in "\n".join(results_targets._double_comparison(records))
     records["mobilenet_v3_small-double-macs0.5-sparsity0.5"]["final"] = final(80.0, 110.0)
     assert "MobileNetV3 scores best, as in the Inha seed." in "\n".join(results_targets._double_comparison(records))
+
+
+def test_rounded_pairs_note_sets_a_rounded_double_row_beside_its_twin():
+    from results_ort import rounded_pairs_note
+
+    conv = lambda c: {"kind": "Conv2d", "out_channels_after": c}
+    row = lambda widths, slim, final: {"layers": [conv(c) for c in widths], "final": {"top1": final},
+                                       "stages": [{"method": "slimming", "top1": slim}, {"method": "magnitude", "top1": final}]}
+    stem = "mobilenet_v2-double-macs0.5-sparsity0.5"
+    records = {stem: row([16, 1, 24], 30.0, 35.5), f"{stem}-round8": row([16, 8, 24], 50.0, 52.25)}
+    text = "\n".join(rounded_pairs_note(records))
+    assert (f"- `{stem}` and its `-round8` twin: the narrowest conv keeps 1 against 8 channels (round_to is also the fewest "
+            "a layer keeps); top-1 after slimming 30.00 % against 50.00 %, after both stages 35.50 % against 52.25 %.") in text
+    assert rounded_pairs_note({f"{stem}-round8": records[f"{stem}-round8"]}) == []  # no twin, no line
