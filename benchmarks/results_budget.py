@@ -10,15 +10,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from results_targets import MACS_LIMIT, PARAMS_LIMIT, PARAMS_SHARE, PEER, PEER_MARGIN, _drop, _verdict, half_params_met
+
 STUDY = re.compile(r"^budget(\d+)-(.+)$")
-#: the targets of issue 13 the study re-checks: the structured row's 1 point at half the MACs, the
-#: +0.3 over Torch-Pruning's row, and sfp/svd's half of the parameters at 1.5 points
-MACS_LIMIT, TP_MARGIN, PARAMS_SHARE, PARAMS_LIMIT = 1.0, 0.3, 0.5, 1.5
-TP_ROW = "resnet20-tp_group_l2-macs0.5"
 
 
-def _drop(m: dict[str, Any]) -> float:
-    return m["baseline"]["top1"] - m["final"]["top1"]
+def longer_runs(records: dict[str, dict[str, Any]], twin: str) -> list[tuple[int, str]]:
+    """Return [(epochs, stem)] of the recorded study runs of the tables' row `twin`, fewest epochs first."""
+    return sorted((int(m.group(1)), s) for s in records if (m := STUDY.match(s)) and m.group(2) == twin)
 
 
 def _signed(points: float) -> str:
@@ -26,10 +25,10 @@ def _signed(points: float) -> str:
     return f"{points:+.2f}"
 
 
-def _curve(log: dict[str, list[dict[str, Any]]]) -> str:
-    """Test top-1 after every training epoch of a run, in stage order (method training, then fine-tuning)."""
+def _top1_per_epoch(log: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Test top-1 (%) after every training epoch of a run, in stage order (method training, then fine-tuning)."""
     order = sorted(log, key=lambda s: (not s.startswith("method"), s))
-    return ", ".join(f"{e['val_top1']:.1f}" for stage in order for e in log[stage] if "val_top1" in e)
+    return [e["val_top1"] for stage in order for e in log[stage] if "val_top1" in e]
 
 
 def budget_section(records: dict[str, dict[str, Any]], recipes: list[str],
@@ -70,7 +69,7 @@ def budget_section(records: dict[str, dict[str, Any]], recipes: list[str],
         dense_top1 = f"{dense['final']['top1']:.2f}" if dense else "-"
         body.append(f"| {name} | {m.get('target') or '-'} | {m['baseline']['top1']:.2f} | {before} | "
                      f"{m['final']['top1']:.2f} ({_signed(_drop(m))}) | {won} | {dense_top1} | {behind} | "
-                     f"{_curve(epoch_log(stem)) or '-'} | {m['wall_time_s']['total'] / 60:.0f} |")
+                     f"{', '.join(f'{v:.1f}' for v in _top1_per_epoch(epoch_log(stem))) or '-'} | {m['wall_time_s']['total'] / 60:.0f} |")
     if body:
         lines += [*header, *body, "", f"![test top-1 after each epoch, the tables' budget and {epochs} epochs](img/results-budget.png)", ""]
     lines += _verdicts(long_runs, dense, epochs)
@@ -82,22 +81,20 @@ def budget_section(records: dict[str, dict[str, Any]], recipes: list[str],
 def _verdicts(runs: dict[str, dict[str, Any]], dense: dict[str, Any] | None, epochs: int) -> list[str]:
     """The targets re-judged at the study's budget, one line each, from the recorded runs."""
     out = []
-    macs = {t: m for t, m in runs.items() if "-macs0.5" in t and t != TP_ROW}
+    macs = {t: m for t, m in runs.items() if "-macs0.5" in t and t != PEER}
     if macs:
         t, m = min(macs.items(), key=lambda kv: _drop(kv[1]))
-        ok = _drop(m) <= MACS_LIMIT
         out.append(f"- At {epochs} epochs the best prunekit structured row at half the MACs, `{t}`, loses {_drop(m):.2f} "
-                   f"points: within {MACS_LIMIT} point {'**met**' if ok else '**missed**'} at this budget.")
-        if TP_ROW in runs:
-            gap = _drop(runs[TP_ROW]) - _drop(m)
-            out.append(f"- Torch-Pruning's group-L2 row at {epochs} epochs loses {_drop(runs[TP_ROW]):.2f} points; `{t}` is "
-                       f"{gap:+.2f} points ahead of it: at least +{TP_MARGIN} {'**met**' if gap >= TP_MARGIN else '**missed**'} at this budget.")
+                   f"points: within {MACS_LIMIT} point {_verdict(_drop(m) <= MACS_LIMIT)} at this budget.")
+        if PEER in runs:
+            gap = _drop(runs[PEER]) - _drop(m)
+            out.append(f"- Torch-Pruning's group-L2 row at {epochs} epochs loses {_drop(runs[PEER]):.2f} points; `{t}` is "
+                       f"{gap:+.2f} points ahead of it: at least +{PEER_MARGIN} {_verdict(gap >= PEER_MARGIN)} at this budget.")
     for t, m in sorted(runs.items()):
         if "-svd-" in t or "-sfp-" in t:
-            share = m["achieved"]["params"]
-            ok = share >= PARAMS_SHARE and _drop(m) <= PARAMS_LIMIT
-            out.append(f"- `{t}` at {epochs} epochs: {100 * share:.1f} % of the parameters removed at {_drop(m):.2f} points lost: "
-                       f">= {100 * PARAMS_SHARE:.0f} % at <= {PARAMS_LIMIT} points {'**met**' if ok else '**missed**'} at this budget.")
+            out.append(f"- `{t}` at {epochs} epochs: {100 * m['achieved']['params']:.1f} % of the parameters removed at "
+                       f"{_drop(m):.2f} points lost: >= {100 * PARAMS_SHARE:.0f} % at <= {PARAMS_LIMIT} points "
+                       f"{_verdict(half_params_met(m))} at this budget.")
     if dense:
         out.append(f"- The dense baseline itself gains {-_drop(dense):.2f} points from {epochs} more epochs "
                    f"({dense['baseline']['top1']:.2f} -> {dense['final']['top1']:.2f} %): part of what a longer fine-tune wins "
@@ -120,16 +117,11 @@ def budget_figure(records: dict[str, dict[str, Any]], recipes: list[str],
 
     from prunekit.report import png_bytes
 
-    def points(stem: str) -> list[float]:
-        log = epoch_log(stem)
-        order = sorted(log, key=lambda s: (not s.startswith("method"), s))
-        return [e["val_top1"] for stage in order for e in log[stage] if "val_top1" in e]
-
     fig, axes = plt.subplots(1, len(study), figsize=(3.2 * len(study), 3.0), sharey=True, squeeze=False)
     for ax, (twin, stem) in zip(axes[0], study):
         base = records[stem]["baseline"]["top1"]
         for s, style, label in ((twin, "o--", "tables' budget"), (stem, "o-", "longer budget")):
-            ys = points(s) if s in records else []
+            ys = _top1_per_epoch(epoch_log(s)) if s in records else []
             if ys:
                 ax.plot(range(1, len(ys) + 1), ys, style, markersize=3, label=label)
         ax.axhline(base, color="grey", linewidth=0.8, label=f"start {base:.2f}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-BLOCK = 8  # ONNX Runtime's CPU conv kernels step every 8 channels here (docs/autorate-and-speed.md)
+from prunekit.report import CHANNEL_BLOCK as BLOCK  # ONNX Runtime's CPU conv kernels step every 8 channels here
+
 RUNTIMES = {"eager": "eager", "onnxruntime": "ONNX Runtime"}
 
 
@@ -18,22 +19,19 @@ def off_block(m: dict[str, Any], block: int = BLOCK) -> tuple[int, int]:
     return sum(c % block != 0 for c in convs), len(convs)
 
 
-def _ms(latency: dict[str, Any], stem: str, runtime: str) -> float | None:
-    return latency.get("latency_ms", {}).get(stem, {}).get(runtime, {}).get("median")
-
-
 def double_latency_note(records: dict[str, dict[str, Any]], latency: dict[str, Any] | None,
                         channels: dict[str, Any] | None) -> list[str]:
     """Return the note's lines ([] without a latency record or a timed double row): a table of the double
     rows' milliseconds (1 thread, batch 1) and, from the `channels` record, the same pruning with and without
     channel counts rounded, timed side by side."""
+    from results_table import _pair
+
     if not latency:
         return []
     rows = []
     for stem in sorted(s for s in records if "-double-" in s):
-        model = stem.split("-double-")[0]
-        pairs = {r: (_ms(latency, f"{model}-baseline", r), _ms(latency, stem, r)) for r in RUNTIMES}
-        if not all(a and b for a, b in pairs.values()):
+        pairs = {r: _pair(latency, stem, r) for r in RUNTIMES}
+        if not all(pairs.values()):
             continue
         off, convs = off_block(records[stem])
         m = records[stem]

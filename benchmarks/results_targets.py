@@ -16,6 +16,8 @@ from typing import Any
 #: methods of prunekit's own that count for "the best structured method" (random is the floor, tp the peer)
 OWN_STRUCTURED = ("l1_filter", "l2_filter", "snip_channel", "slimming", "sfp", "svd", "autorate")
 PEER = "resnet20-tp_group_l2-macs0.5"
+#: the targets' numbers: points lost at half the MACs, points over PEER, share of parameters removed at PARAMS_LIMIT points
+MACS_LIMIT, PEER_MARGIN, PARAMS_SHARE, PARAMS_LIMIT = 1.0, 0.3, 0.5, 1.5
 FLOOR = "resnet20-random-macs0.5"
 MINUTES_LIMIT = 30.0
 
@@ -42,6 +44,11 @@ def _verdict(ok: bool | None) -> str:
     return "not yet measured" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def half_params_met(m: dict[str, Any]) -> bool:
+    """The sfp/svd target: at least PARAMS_SHARE of the parameters removed for at most PARAMS_LIMIT points."""
+    return m["achieved"]["params"] >= PARAMS_SHARE and _drop(m) <= PARAMS_LIMIT
+
+
 def _macs_rows(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {s: m for s, m in records.items() if s.startswith("resnet20-") and ("-macs0.5" in s or "-sfp-" in s) and "-double-" not in s}
 
@@ -61,7 +68,7 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
     from results_recipes import BUDGET
 
     best, base = best_structured(records), records.get("resnet20-baseline")
-    if not best or _drop(best[1]) <= 1.0:
+    if not best or _drop(best[1]) <= MACS_LIMIT:
         return []
     out = ["", "Why the structured rows lose more than a point here:", "",
            f"- **Budget.** Every row gets {BUDGET} epochs on one CPU thread after the baseline (lr 0.01, cosine); the "
@@ -91,28 +98,23 @@ def shortfall(records: dict[str, dict[str, Any]]) -> list[str]:
 
 def _at_longer_budget(records: dict[str, dict[str, Any]], rows: dict[str, dict[str, Any]]) -> str:
     """' At N epochs (the budget study): ...' for the rows of `rows` the budget study re-ran, or ''."""
-    from results_budget import STUDY
+    from results_budget import longer_runs
 
-    parts = []
-    for s in sorted(records):
-        m = STUDY.match(s)
-        if m and m.group(2) in rows:
-            r = records[s]
-            ok = r["achieved"]["params"] >= 0.5 and _drop(r) <= 1.5
-            parts.append(f"`{m.group(2)}` at {m.group(1)} epochs (the budget study): {100 * r['achieved']['params']:.1f} % "
-                         f"removed, {_lost(r)}, {_verdict(ok)}")
+    parts = [f"`{twin}` at {epochs} epochs (the budget study): {100 * records[s]['achieved']['params']:.1f} % removed, "
+             f"{_lost(records[s])}, {_verdict(half_params_met(records[s]))}"
+             for twin in sorted(rows) for epochs, s in longer_runs(records, twin)]
     return (" With a longer fine-tune: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _budget_measured(records: dict[str, dict[str, Any]], best: tuple[str, dict[str, Any]]) -> list[str]:
     """The budget bullet's measured half: the best row at the study's longer budget (results_budget.py), how
     many points it won back, and what the dense control gained from the same epochs; [] without the record."""
-    from results_budget import STUDY
+    from results_budget import longer_runs
 
-    longer = [(int(m.group(1)), s) for s in records if (m := STUDY.match(s)) and m.group(2) == best[0]]
+    longer = longer_runs(records, best[0])
     if not longer:
         return []
-    epochs, stem = max(longer)
+    epochs, stem = longer[-1]
     m = records[stem]
     text = (f"  Measured (the budget study above): with {epochs} epochs `{best[0]}` loses {_drop(m):.2f} points, "
             f"{_drop(best[1]) - _drop(m):.2f} of its {_drop(best[1]):.2f} won back")
@@ -275,12 +277,12 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
     if best:
         stem, m = best
         lines.append(f"- Best prunekit structured row at half the MACs: `{stem}`, {_lost(m)} "
-                     f"({100 * m['achieved']['macs']:.1f} % of MACs removed). Within 1.0 point: {_verdict(_drop(m) <= 1.0)}.")
+                     f"({100 * m['achieved']['macs']:.1f} % of MACs removed). Within {MACS_LIMIT} point: {_verdict(_drop(m) <= MACS_LIMIT)}.")
         if peer:
             gap = m["final"]["top1"] - peer["final"]["top1"]
             lines.append(f"- Against Torch-Pruning's group-L2 row (`{PEER}`, {_lost(peer)}, "
                          f"{100 * peer['achieved']['macs']:.1f} % of MACs removed): {gap:+.2f} points of top-1. "
-                         f"At least +0.3: {_verdict(gap >= 0.3)}.")
+                         f"At least +{PEER_MARGIN}: {_verdict(gap >= PEER_MARGIN)}.")
         else:
             lines.append(f"- Against Torch-Pruning's group-L2 row: {_verdict(None)} (`{PEER}` not recorded).")
     else:
@@ -296,7 +298,7 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(None)}.")
             continue
         parts = [f"`{s}` {100 * m['achieved']['params']:.1f} % removed, {_lost(m)}" for s, m in sorted(rows.items())]
-        ok = any(m["achieved"]["params"] >= 0.5 and _drop(m) <= 1.5 for m in rows.values())
+        ok = any(half_params_met(m) for m in rows.values())
         lines.append(f"- `{method}` >= 50 % of parameters removed at <= 1.5 points: {_verdict(ok)} ({'; '.join(parts)})."
                      + _at_longer_budget(records, rows))
         if method == "sfp":
@@ -305,7 +307,7 @@ def targets_section(records: dict[str, dict[str, Any]]) -> list[str]:
     if auto:
         for s, m in sorted(auto.items()):
             allowed = float(str(m.get("target", "accuracy_drop=nan")).split("=")[-1])
-            ok = m["achieved"]["params"] >= 0.5 and _drop(m) <= allowed
+            ok = m["achieved"]["params"] >= PARAMS_SHARE and _drop(m) <= allowed
             lines.append(f"- `autorate` >= 50 % of parameters removed within its accuracy_drop ({allowed:g} points): "
                          f"{_verdict(ok)} (`{s}`: {100 * m['achieved']['params']:.1f} % removed, {_lost(m)})."
                          + ("" if ok else _autorate_search(m)))
