@@ -196,9 +196,10 @@ def channel_block_note(layers: list[dict[str, Any]], *, block: int = CHANNEL_BLO
     """Return report.md's lines (or []) saying how many pruned convs keep an output channel count that is not a
     multiple of `block`: kernels that run channels in blocks (ONNX Runtime on a CPU, tensor cores) run those
     slower per MAC, sometimes slower than the dense network."""
-    pruned = [layer for layer in layers if layer.get("kind") == "Conv2d"
-              and layer.get("out_channels_after") not in (None, layer.get("out_channels_before"))]
-    off = [layer["name"] for layer in pruned if layer["out_channels_after"] % block]
+    # metrics.json may be hand-edited: a layer that is not a dict or has no integer count is skipped, not a traceback
+    pruned = [layer for layer in layers if isinstance(layer, dict) and layer.get("kind") == "Conv2d"
+              and type(layer.get("out_channels_after")) is int and layer["out_channels_after"] != layer.get("out_channels_before")]
+    off = [str(layer.get("name", "?")) for layer in pruned if layer["out_channels_after"] % block]
     if not off:
         return []
     shown = ", ".join(f"`{n}`" for n in off[:3]) + (f" and {len(off) - 3} more" if len(off) > 3 else "")

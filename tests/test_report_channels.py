@@ -16,6 +16,8 @@ def test_note_counts_only_pruned_convs_off_the_block():
     assert "`method.round_to: 8`" in text
     assert channel_block_note([_conv("a", 32, 16), _conv("b", 32, 32)]) == []
     assert channel_block_note(layers, block=1) == []
+    # a hand-edited metrics.json: odd entries are skipped, the valid one still counted
+    assert "1 of the 1 convs" in "\n".join(channel_block_note(["x", {"kind": "Conv2d", "out_channels_after": "15"}, _conv("a", 32, 15)]))
 
 
 def test_report_carries_the_note_only_when_it_applies():
