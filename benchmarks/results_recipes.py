@@ -28,7 +28,7 @@ and 8-11 min (mobilenet_v3_small): 2 is the most that keeps every baseline near 
 
 from __future__ import annotations
 
-import json
+import copy
 from pathlib import Path
 
 import yaml
@@ -188,7 +188,7 @@ def budget_study() -> dict[str, dict]:
     every = rows()
     out = {}
     for stem in STUDY_ROWS:
-        body = json.loads(json.dumps(every[stem]))
+        body = copy.deepcopy(every[stem])
         hook = body["method"].get("train", {}).get("epochs", 0)
         name = f"budget{STUDY_BUDGET}-{stem}"
         body.update(name=name, threads=2, finetune={**body["finetune"], "epochs": STUDY_BUDGET - hook})
